@@ -1,0 +1,134 @@
+/**
+ * Beetle redundant end-to-end: a `Publisher` publishes N redundant messages (two confirmed copies each), a
+ * `Subscriber` consumes both copies from both brokers, deduplicates them in a `RedisDedupStore`, runs the
+ * (empty) handler once per message and acks both copies. Measured: time from the first publish until both
+ * copies of every message are acked, and publish → handler completion latency.
+ */
+import { performance } from 'node:perf_hooks';
+import { Redis } from 'ioredis';
+import { Outcome, Topology, createConfig } from '@beetle/core';
+import { RedisDedupStore } from '@beetle/dedup-redis';
+import { Publisher } from '@beetle/publisher';
+import { Subscriber } from '@beetle/subscriber';
+import {
+  BENCH_REDIS_DB,
+  CONCURRENCY,
+  PREFETCH,
+  WINDOW,
+  drive,
+  hostPort,
+  rawBroker,
+  suffix,
+  waitUntil,
+} from './common.js';
+import { summarize, type E2eHarness, type E2eRun } from './e2e-harness.js';
+
+export interface BeetleE2eOptions {
+  readonly servers: readonly string[];
+  /** `host:port`; db {@link BENCH_REDIS_DB} is flushed first. */
+  readonly redisServer: string;
+}
+
+export interface BeetleE2eHarness extends E2eHarness {
+  /** Outcomes of the last run (processed events). */
+  readonly outcomes: Map<string, number>;
+}
+
+/** FLUSHDB of the benchmark database. */
+export async function flushBenchDb(redisServer: string): Promise<void> {
+  const { host, port } = hostPort(redisServer);
+  const redis = new Redis({ host, port, db: BENCH_REDIS_DB, lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    await redis.flushdb();
+  } finally {
+    redis.disconnect();
+  }
+}
+
+export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHarness> {
+  const servers = options.servers.slice(0, 2);
+  if (servers.length < 2) throw new Error('redundant messages need two brokers');
+  await flushBenchDb(options.redisServer);
+  const queue = `bench-e2e-${suffix()}`;
+  const topology = new Topology().registerQueue(queue).registerMessage(queue, { redundant: true });
+  const config = createConfig({
+    servers,
+    publisherMaxInFlight: WINDOW,
+    publishTimeout: 60,
+    prefetchCount: PREFETCH,
+    subscriberConcurrency: CONCURRENCY,
+  });
+  const store = new RedisDedupStore({ redisServer: options.redisServer, db: BENCH_REDIS_DB });
+  const subscriber = new Subscriber({ config, topology, store });
+  const publisher = new Publisher({ config, topology });
+
+  let seq = 0;
+  let acked = 0;
+  let handlerRuns = 0;
+  let requeues = 0;
+  const started = new Map<number, number>();
+  const latencies: number[] = [];
+  const outcomes = new Map<string, number>();
+  subscriber.register(queue, (message) => {
+    handlerRuns++;
+    const t0 = started.get(Number(message.body.toString('latin1')));
+    if (t0 !== undefined) latencies.push(performance.now() - t0);
+  });
+  subscriber.on('processed', (event) => {
+    outcomes.set(event.outcome, (outcomes.get(event.outcome) ?? 0) + 1);
+    if (event.settled === 'acked') acked++;
+    else requeues++;
+    if (event.outcome === Outcome.InternalError) {
+      process.stderr.write(`beetle e2e: internal error: ${String(event.error)}\n`);
+    }
+  });
+  const status = await subscriber.listen();
+  const notConsuming = status.filter((s) => s.state !== 'consuming');
+  if (notConsuming.length > 0) {
+    await subscriber.stop({ timeout: 1 });
+    await store.close();
+    throw new Error(`subscriber not consuming on ${notConsuming.map((s) => s.server).join(', ')}`);
+  }
+
+  const run = async (messages: number): Promise<E2eRun> => {
+    acked = 0;
+    handlerRuns = 0;
+    requeues = 0;
+    latencies.length = 0;
+    outcomes.clear();
+    started.clear();
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await drive(messages, WINDOW, async () => {
+      const i = seq++;
+      started.set(i, performance.now());
+      const copies = await publisher.publish(queue, Buffer.from(String(i), 'latin1'));
+      if (copies !== 2) throw new Error(`redundant publish placed ${copies} copies`);
+    });
+    await waitUntil(() => acked >= 2 * messages, 180_000, `${2 * messages} Beetle copies acked`);
+    const seconds = (performance.now() - t0) / 1000;
+    return summarize(messages, seconds, latencies, process.cpuUsage(cpu0), { handlerRuns, requeues });
+  };
+
+  return {
+    name: 'Beetle redundant end-to-end',
+    settings:
+      `Publisher publisherMaxInFlight ${WINDOW}, confirms on; Subscriber prefetchCount ${PREFETCH}, ` +
+      `subscriberConcurrency ${CONCURRENCY}, rejectRequeueDelay ${config.rejectRequeueDelay} s; ` +
+      `RedisDedupStore ${options.redisServer} db ${BENCH_REDIS_DB}; empty handler`,
+    outcomes,
+    run,
+    async close() {
+      await publisher.close();
+      await subscriber.stop({ timeout: 5 });
+      await store.close();
+      for (const server of servers) {
+        const broker = await rawBroker(server);
+        await broker.channel.deleteQueue(queue);
+        await broker.channel.deleteExchange(queue);
+        await broker.connection.close();
+      }
+    },
+  };
+}

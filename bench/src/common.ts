@@ -1,0 +1,164 @@
+/**
+ * Shared helpers of the benchmarks: settings from the environment, raw amqplib connections, statistics.
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import amqp from 'amqplib';
+
+export { sleep };
+
+/** Brokers (`BEETLE_SERVERS`, default the two local ones). */
+export const servers = (process.env.BEETLE_SERVERS ?? '127.0.0.1:5672,127.0.0.1:5673')
+  .split(',')
+  .map((s) => s.trim())
+  .filter((s) => s !== '');
+
+/** The dedup Redis (`BEETLE_REDIS_SERVER`); the benchmarks use db {@link BENCH_REDIS_DB}, flushed first. */
+export const redisServer = process.env.BEETLE_REDIS_SERVER ?? '127.0.0.1:6379';
+export const BENCH_REDIS_DB = 5;
+
+/** Settings shared by Beetle and the raw ceiling: publish window (in-flight confirms), prefetch, concurrency. */
+export const WINDOW = 1000;
+export const PREFETCH = 100;
+export const CONCURRENCY = 50;
+
+/** Settings every benchmark gets from the runner. */
+export interface BenchOptions {
+  readonly messages: number;
+  readonly rounds: number;
+  readonly outageSeconds: number;
+  /** Progress lines go to stderr unless --json. */
+  readonly log: (line: string) => void;
+}
+
+export const suffix = (): string => randomUUID().slice(0, 8);
+
+export function hostPort(server: string): { host: string; port: number } {
+  const index = server.lastIndexOf(':');
+  return { host: server.slice(0, index), port: Number(server.slice(index + 1)) };
+}
+
+export interface RawBroker {
+  readonly server: string;
+  readonly connection: amqp.ChannelModel;
+  readonly channel: amqp.ConfirmChannel;
+}
+
+/** A raw amqplib connection with one confirm channel (Nagle off, as Beetle's connections). */
+export async function rawBroker(server: string): Promise<RawBroker> {
+  const { host, port } = hostPort(server);
+  const connection = await amqp.connect(
+    { protocol: 'amqp', hostname: host, port, username: 'guest', password: 'guest', vhost: '/' },
+    { noDelay: true },
+  );
+  const channel = await connection.createConfirmChannel();
+  return { server, connection, channel };
+}
+
+/** Declares what Beetle declares for queue `name`: topic exchange `name`, queue `name`, binding key `name`. */
+export async function declareBeetleQueue(broker: RawBroker, name: string): Promise<void> {
+  await broker.channel.assertExchange(name, 'topic', { durable: true });
+  await broker.channel.assertQueue(name, { durable: true, exclusive: false, autoDelete: false });
+  await broker.channel.bindQueue(name, name, name);
+}
+
+export async function deleteBeetleQueue(broker: RawBroker, name: string): Promise<void> {
+  await broker.channel.deleteQueue(name);
+  await broker.channel.deleteExchange(name);
+}
+
+/** The Beetle format-1 envelope, built by hand (what the raw ceiling sends). */
+export function rawProperties(redundant: boolean): amqp.Options.Publish {
+  const now = Math.floor(Date.now() / 1000);
+  return {
+    messageId: randomUUID(),
+    timestamp: now,
+    headers: { format_version: '1', flags: redundant ? '1' : '0', expires_at: String(now + 86400) },
+    deliveryMode: 2,
+    contentType: 'application/octet-stream',
+    priority: 0,
+  };
+}
+
+/** Publishes one message and resolves on its confirm. */
+export function confirmedPublish(
+  broker: RawBroker,
+  exchange: string,
+  body: Buffer,
+  properties: amqp.Options.Publish,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    broker.channel.publish(exchange, exchange, body, properties, (error: unknown) =>
+      error ? reject(error instanceof Error ? error : new Error('nacked')) : resolve(),
+    );
+  });
+}
+
+/** Runs `count` operations with `window` of them in flight (like `publish.ts`). */
+export async function drive(
+  count: number,
+  window: number,
+  op: (i: number) => Promise<unknown>,
+): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < count) {
+      const i = next++;
+      await op(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(window, count) }, worker));
+}
+
+/** Resolves when `check()` holds; rejects after `ms` naming `what`. */
+export async function waitUntil(check: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** Nearest-rank percentile (p in 0..100). */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)));
+  return sorted[rank - 1]!;
+}
+
+export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
+
+/** A TCP port nothing listens on (bound, then released). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Runs `fn` with a timer; rejects if it takes longer than `ms`. */
+export async function bounded<T>(what: string, ms: number, fn: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s`)), ms);
+  });
+  try {
+    return await Promise.race([fn(), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

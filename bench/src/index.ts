@@ -1,0 +1,310 @@
+/**
+ * The benchmark runner: `pnpm bench [--json] [--messages N] [--rounds R] [--only e2e,publish,redis,outage]
+ * [--outage-seconds S] [--outage-mode stop-broker|dead-port]`.
+ *
+ * Measures on the same brokers (`BEETLE_SERVERS`, default 127.0.0.1:5672,127.0.0.1:5673) and Redis
+ * (`BEETLE_REDIS_SERVER`, default 127.0.0.1:6379, db 5 flushed first):
+ * - e2e: raw amqplib doing the broker work of redundant messages (the ceiling) vs Beetle redundant end to end
+ *   (publish, consume both copies, dedup in Redis, ack), alternating, median of R rounds;
+ * - publish: `publish.ts` (Beetle vs raw publish throughput with confirms), run as a child process;
+ * - redis: Redis round trips and commands per redundant message;
+ * - outage: peak RSS of a publisher process while one broker is down.
+ * Every Beetle figure is printed next to its target. See bench/README.md.
+ */
+import { spawn } from 'node:child_process';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { beetleE2e } from './beetle-e2e.js';
+import { BENCH_REDIS_DB, bounded, median, redisServer, round, servers, type BenchOptions } from './common.js';
+import type { E2eHarness, E2eRun } from './e2e-harness.js';
+import { outage, type OutageMode, type OutageResult } from './outage.js';
+import { rawE2e } from './raw-e2e.js';
+import { redisRoundTrips, type RoundTripResult } from './redis-round-trips.js';
+
+const BENCHMARKS = ['e2e', 'publish', 'redis', 'outage'] as const;
+type BenchName = (typeof BENCHMARKS)[number];
+
+const TARGETS = {
+  e2eRatio: 0.7,
+  publishRatio: 0.8,
+  roundTrips: 5,
+} as const;
+
+const { values } = parseArgs({
+  options: {
+    json: { type: 'boolean', default: false },
+    messages: { type: 'string', default: '10000' },
+    rounds: { type: 'string', default: '3' },
+    only: { type: 'string' },
+    'outage-seconds': { type: 'string', default: '60' },
+    'outage-mode': { type: 'string', default: 'stop-broker' },
+  },
+});
+
+function positive(name: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive integer, got ${value}`);
+  return n;
+}
+
+const selected = new Set<BenchName>(
+  values.only === undefined
+    ? BENCHMARKS
+    : values.only.split(',').map((name) => {
+        const trimmed = name.trim();
+        if (!(BENCHMARKS as readonly string[]).includes(trimmed)) {
+          throw new Error(`--only: unknown benchmark ${trimmed} (known: ${BENCHMARKS.join(', ')})`);
+        }
+        return trimmed as BenchName;
+      }),
+);
+const outageMode = values['outage-mode'];
+if (outageMode !== 'stop-broker' && outageMode !== 'dead-port') {
+  throw new Error(`--outage-mode must be stop-broker or dead-port, got ${outageMode}`);
+}
+const options: BenchOptions = {
+  messages: positive('messages', values.messages),
+  rounds: positive('rounds', values.rounds),
+  outageSeconds: positive('outage-seconds', values['outage-seconds']),
+  log: (line) => process.stderr.write(`${line}\n`),
+};
+const out = (line: string): void => {
+  if (!values.json) process.stdout.write(`${line}\n`);
+};
+const verdict = (ok: boolean): string => (ok ? 'MET' : 'MISSED');
+
+interface E2eResult {
+  readonly messages: number;
+  readonly rounds: number;
+  readonly raw: E2eRun & { readonly settings: string };
+  readonly beetle: E2eRun & { readonly settings: string; readonly outcomes: Record<string, number> };
+  readonly ratio: number;
+  readonly perRound: { raw: number; beetle: number; ratio: number }[];
+}
+
+const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
+  rate: round(median(runs.map((r) => r.rate))),
+  seconds: round(median(runs.map((r) => r.seconds)), 2),
+  p50: round(median(runs.map((r) => r.p50)), 1),
+  p99: round(median(runs.map((r) => r.p99)), 1),
+  handlerRuns: Math.max(...runs.map((r) => r.handlerRuns)),
+  requeues: Math.max(...runs.map((r) => r.requeues)),
+  cpuUs: round(median(runs.map((r) => r.cpuUs)), 1),
+});
+
+async function e2e(): Promise<E2eResult> {
+  const raw: E2eHarness = await rawE2e(servers);
+  const beetle = await beetleE2e({ servers, redisServer });
+  try {
+    const warm = Math.min(2000, options.messages);
+    options.log(`  warm-up: ${warm} messages each`);
+    await raw.run(warm);
+    await beetle.run(warm);
+    const rawRuns: E2eRun[] = [];
+    const beetleRuns: E2eRun[] = [];
+    const outcomes = new Map<string, number>();
+    for (let r = 0; r < options.rounds; r++) {
+      rawRuns.push(await raw.run(options.messages));
+      beetleRuns.push(await beetle.run(options.messages));
+      for (const [outcome, n] of beetle.outcomes) outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + n);
+      const b = beetleRuns.at(-1)!;
+      const a = rawRuns.at(-1)!;
+      options.log(
+        `  round ${r + 1}: raw ${a.rate} msgs/s (p50 ${a.p50} ms, p99 ${a.p99} ms, ${a.cpuUs} us CPU/msg), ` +
+          `Beetle ${b.rate} msgs/s (p50 ${b.p50} ms, p99 ${b.p99} ms, ${b.cpuUs} us CPU/msg, ` +
+          `handler runs ${b.handlerRuns}, requeues ${b.requeues})`,
+      );
+      if (b.handlerRuns !== options.messages) {
+        throw new Error(`Beetle ran the handler ${b.handlerRuns} times for ${options.messages} messages`);
+      }
+    }
+    const rawMedian = medianRun(rawRuns);
+    const beetleMedian = medianRun(beetleRuns);
+    return {
+      messages: options.messages,
+      rounds: options.rounds,
+      raw: { ...rawMedian, settings: raw.settings },
+      beetle: { ...beetleMedian, settings: beetle.settings, outcomes: Object.fromEntries(outcomes) },
+      ratio: round(beetleMedian.rate / rawMedian.rate, 3),
+      perRound: rawRuns.map((a, i) => ({
+        raw: a.rate,
+        beetle: beetleRuns[i]!.rate,
+        ratio: round(beetleRuns[i]!.rate / a.rate, 3),
+      })),
+    };
+  } finally {
+    await beetle.close();
+    await raw.close();
+  }
+}
+
+interface PublishModeResult {
+  beetle: number;
+  raw: number;
+  ratio: number;
+  beetleCpuUs: number;
+  rawCpuUs: number;
+  rounds: number[];
+}
+interface PublishResult {
+  messages: number;
+  window: number;
+  rounds: number;
+  servers: string[];
+  results: Record<'non-redundant' | 'redundant', PublishModeResult>;
+}
+
+/** Runs `publish.ts --json` in a child process (it is a script of its own) and returns its JSON line. */
+async function publish(): Promise<PublishResult> {
+  const script = fileURLToPath(new URL('./publish.ts', import.meta.url));
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const args = [
+    '--import',
+    'tsx',
+    script,
+    '--json',
+    '--messages',
+    String(options.messages),
+    '--rounds',
+    String(options.rounds),
+  ];
+  const child = spawn(process.execPath, args, {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, BEETLE_TEST_SERVERS: servers.join(',') },
+  });
+  let stdout = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  if (code !== 0) throw new Error(`publish.ts exited with ${String(code)}`);
+  const line = stdout.trim().split('\n').at(-1) ?? '';
+  return JSON.parse(line) as PublishResult;
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const header = {
+    servers,
+    redis: `${redisServer} db ${BENCH_REDIS_DB}`,
+    node: process.version,
+    cpus: cpus().length,
+    messages: options.messages,
+    rounds: options.rounds,
+  };
+  out(
+    `Beetle benchmarks: brokers ${servers.join(', ')}; Redis ${header.redis}; node ${header.node}; ` +
+      `${header.cpus} CPUs; ${options.messages} messages x ${options.rounds} rounds (median)`,
+  );
+  const results: {
+    e2e?: E2eResult;
+    publish?: PublishResult;
+    redis?: RoundTripResult;
+    outage?: OutageResult;
+  } = {};
+  const failures: string[] = [];
+  const step = async <T>(name: BenchName, limitMs: number, fn: () => Promise<T>): Promise<T | undefined> => {
+    if (!selected.has(name)) return undefined;
+    options.log(`[${name}]`);
+    try {
+      return await bounded(name, limitMs, fn);
+    } catch (error) {
+      failures.push(`${name}: ${error instanceof Error ? error.message : String(error)}`);
+      options.log(
+        `  ${name} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+      );
+      return undefined;
+    }
+  };
+
+  results.e2e = await step('e2e', 900_000, e2e);
+  if (results.e2e) {
+    const { raw, beetle, ratio } = results.e2e;
+    out('');
+    out('End to end, redundant (publish 2 copies with confirms, consume both, ack):');
+    out(`  settings: ${beetle.settings}`);
+    out(`  raw ceiling: ${raw.settings}`);
+    out(
+      `  raw amqplib   ${raw.rate} msgs/s   latency p50 ${raw.p50} ms  p99 ${raw.p99} ms   client CPU ${raw.cpuUs} us/msg`,
+    );
+    out(
+      `  Beetle        ${beetle.rate} msgs/s   latency p50 ${beetle.p50} ms  p99 ${beetle.p99} ms   ` +
+        `client CPU ${beetle.cpuUs} us/msg`,
+    );
+    out(
+      `  (latency: publish -> handler completion, first copy; Beetle outcomes over all rounds ` +
+        `${JSON.stringify(beetle.outcomes)}, requeues/round max ${beetle.requeues})`,
+    );
+    out(
+      `  ratio ${ratio} of raw  (target >= ${TARGETS.e2eRatio}: ${verdict(ratio >= TARGETS.e2eRatio)}); ` +
+        `per round ${results.e2e.perRound.map((r) => r.ratio).join(', ')}`,
+    );
+  }
+
+  results.publish = await step('publish', 900_000, publish);
+  if (results.publish) {
+    out('');
+    out(
+      `Publish throughput with confirms (publish.ts, window ${results.publish.window}, best of ${results.publish.rounds}):`,
+    );
+    for (const mode of ['non-redundant', 'redundant'] as const) {
+      const r = results.publish.results[mode];
+      out(
+        `  ${mode.padEnd(14)} Beetle ${r.beetle} msgs/s   raw ${r.raw} msgs/s   ratio ${r.ratio} ` +
+          `(target >= ${TARGETS.publishRatio}: ${verdict(r.ratio >= TARGETS.publishRatio)}); ` +
+          `CPU/msg Beetle ${r.beetleCpuUs} us, raw ${r.rawCpuUs} us`,
+      );
+    }
+  }
+
+  results.redis = await step('redis', 600_000, () => redisRoundTrips(servers, redisServer, options));
+  if (results.redis) {
+    const r = results.redis;
+    out('');
+    out(
+      `Redis per redundant message (both copies; ${r.messages} messages on ${r.private ? 'a private' : 'the shared'} Redis ${r.redis}):`,
+    );
+    out(
+      `  client round trips ${r.clientRoundTrips ?? 'n/a (no MONITOR on a shared Redis)'} ` +
+        `(target <= ${TARGETS.roundTrips}, Ruby 8: ${r.clientRoundTrips === undefined ? 'n/a' : verdict(r.clientRoundTrips <= TARGETS.roundTrips)})  ` +
+        `${JSON.stringify(r.clientCommands)}`,
+    );
+    out(
+      `  commands executed  ${r.commandsExecuted} (incl. inside Lua scripts)  ${JSON.stringify(r.executedCommands)}`,
+    );
+    out(`  outcomes ${JSON.stringify(r.outcomes)}`);
+  }
+
+  results.outage = await step('outage', (options.outageSeconds + 400) * 1000, () =>
+    outage(servers, options, outageMode as OutageMode),
+  );
+  if (results.outage) {
+    const o = results.outage;
+    out('');
+    out(
+      `Publisher process RSS while ${o.servers[1]} is down (${o.mode}, ${o.outageSeconds} s outage, redundant publishes, ` +
+        `${o.outageRate} publishes/s during the outage):`,
+    );
+    out(
+      `  start ${o.startMb} MB, steady ${o.steadyMb} MB, peak ${o.peakMb} MB, end ${o.endMb} MB; ` +
+        `${o.verdict} (target flat: ${verdict(o.bounded)})`,
+    );
+  }
+
+  out('');
+  out(`done in ${Math.round((Date.now() - started) / 1000)} s`);
+  if (failures.length > 0) {
+    out(`FAILED: ${failures.join('; ')}`);
+    process.exitCode = 1;
+  }
+  if (values.json) {
+    process.stdout.write(
+      `${JSON.stringify({ ...header, targets: TARGETS, results, failures, seconds: (Date.now() - started) / 1000 })}\n`,
+    );
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exitCode = 1;
+});

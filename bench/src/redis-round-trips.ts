@@ -1,0 +1,103 @@
+/**
+ * Redis traffic per redundant message, end to end (both copies, both brokers, the real Subscriber): runs the
+ * Beetle end-to-end workload against a private Redis (so nobody else's commands are counted) and reads
+ * - `INFO commandstats` deltas: every command executed, the ones run inside Lua scripts included;
+ * - MONITOR: which commands clients sent (one per round trip; source != "lua") and which ran in scripts.
+ * Falls back to the configured Redis (commandstats only, possibly polluted by other clients) when no private
+ * Redis can be started.
+ */
+import { Redis } from 'ioredis';
+import { startRedis, type ServiceHandle } from '@beetle/test-services';
+import { beetleE2e } from './beetle-e2e.js';
+import { freePort, hostPort, round, sleep, type BenchOptions } from './common.js';
+
+const ADMIN = /^(info|config|monitor|client|ping|hello|auth|select|flushdb|quit|script)/;
+
+export interface RoundTripResult {
+  readonly messages: number;
+  readonly redis: string;
+  readonly private: boolean;
+  /** Commands sent by clients per redundant message (both copies together); undefined without MONITOR. */
+  readonly clientRoundTrips: number | undefined;
+  /** Commands executed per redundant message, script-internal ones included (commandstats). */
+  readonly commandsExecuted: number;
+  readonly clientCommands: Record<string, number>;
+  readonly executedCommands: Record<string, number>;
+  readonly outcomes: Record<string, number>;
+}
+
+async function commandCalls(admin: Redis): Promise<Map<string, number>> {
+  const info = await admin.info('commandstats');
+  const calls = new Map<string, number>();
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(match[1]!, Number(match[2]));
+  return calls;
+}
+
+const perMessage = (counts: Map<string, number>, messages: number): Record<string, number> =>
+  Object.fromEntries(
+    [...counts]
+      .filter(([name, n]) => !ADMIN.test(name) && n > 0)
+      .sort((a, b) => b[1] - a[1])
+      .map(([name, n]) => [name, round(n / messages, 2)]),
+  );
+
+const total = (counts: Record<string, number>): number =>
+  round(
+    Object.values(counts).reduce((a, b) => a + b, 0),
+    2,
+  );
+
+export async function redisRoundTrips(
+  servers: readonly string[],
+  fallbackRedis: string,
+  options: BenchOptions,
+): Promise<RoundTripResult> {
+  let handle: ServiceHandle | undefined;
+  try {
+    handle = await startRedis(await freePort());
+  } catch (error) {
+    options.log(`  could not start a private Redis (${String(error)}); counting on ${fallbackRedis}`);
+  }
+  const redis = handle?.address ?? fallbackRedis;
+  const { host, port } = hostPort(redis);
+  const admin = new Redis({ host, port, lazyConnect: true });
+  await admin.connect();
+  const messages = Math.min(options.messages, 2000);
+  const harness = await beetleE2e({ servers, redisServer: redis });
+  try {
+    await harness.run(Math.min(500, messages)); // warm-up: connections, script loading
+    await sleep(200);
+    let monitor: Redis | undefined;
+    const client = new Map<string, number>();
+    if (handle !== undefined) {
+      monitor = await admin.monitor();
+      monitor.on('monitor', (_time: string, args: string[], source: string) => {
+        const name = (args[0] ?? '').toLowerCase();
+        if (source !== 'lua') client.set(name, (client.get(name) ?? 0) + 1);
+      });
+    }
+    const before = await commandCalls(admin);
+    await harness.run(messages);
+    await sleep(300);
+    const after = await commandCalls(admin);
+    monitor?.disconnect();
+    const executed = new Map<string, number>();
+    for (const [name, n] of after) executed.set(name, n - (before.get(name) ?? 0));
+    const clientCommands = perMessage(client, messages);
+    const executedCommands = perMessage(executed, messages);
+    return {
+      messages,
+      redis,
+      private: handle !== undefined,
+      clientRoundTrips: handle === undefined ? undefined : total(clientCommands),
+      commandsExecuted: total(executedCommands),
+      clientCommands,
+      executedCommands,
+      outcomes: Object.fromEntries(harness.outcomes),
+    };
+  } finally {
+    await harness.close();
+    admin.disconnect();
+    await handle?.stop();
+  }
+}

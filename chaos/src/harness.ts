@@ -1,0 +1,436 @@
+/**
+ * The chaos harness: runs the real system (brokers, Redis master + replica, publisher and consumer processes)
+ * on loopback, lets the nemesis inject faults while messages flow, drains, and judges the records.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import amqp from 'amqplib';
+import { Tally, judge, type Verdict } from './checker.js';
+import { Cluster, DEFAULT_PORTS, type ClusterPorts } from './cluster.js';
+import { FAULTS, runNemesis, type ExecutedFault, type FaultKind } from './nemesis.js';
+import { Prng } from './prng.js';
+import type { ConsumerSettings, FromWorker, PublisherSettings, SystemSettings } from './protocol.js';
+import { RecordTail, Worker } from './workers.js';
+
+export interface ChaosOptions {
+  /** Redundant messages to publish in total. */
+  readonly messages: number;
+  /** Seconds of the publishing phase (faults are injected during it). */
+  readonly duration: number;
+  readonly seed: number;
+  readonly publishers: number;
+  readonly consumers: number;
+  /** Faults cycled through in order, or `mixed` (random choice each time). */
+  readonly faults: readonly FaultKind[] | 'mixed';
+  /** Stop injecting after this many faults (default: as many as fit in the publishing phase). */
+  readonly maxFaults?: number;
+  /** Seconds the drain phase may last at most (default 90). */
+  readonly drainTimeout?: number;
+  /** Seconds without new completions that end the drain once every confirmed message completed (default 3). */
+  readonly settle?: number;
+  /** Ports of the run's own services (default 5690-5692, 6397/6398). Ignored with `cluster`. */
+  readonly ports?: ClusterPorts;
+  /** Services to reuse (left running, healed and cleaned); otherwise the run starts and stops its own. */
+  readonly cluster?: Cluster;
+  /** Handler settings (defaults: attempts 3, timeout 3 s, delay 1 s, concurrency 1, prefetch 5). */
+  readonly attempts?: number;
+  readonly handlerTimeout?: number;
+  readonly handlerDelay?: number;
+  readonly concurrency?: number;
+  readonly prefetch?: number;
+  /** Consumers' `redisStatusKeyExpiryInterval` (default 0, Ruby's default). */
+  readonly statusKeyExpiry?: number;
+  /** Handler run time range, ms (default 1-10). */
+  readonly workMs?: readonly [number, number];
+  /** Publishes in flight per publisher (default 20). */
+  readonly window?: number;
+  /** Keep the run directory (records, worker logs) even when the run passed. */
+  readonly keepDir?: boolean;
+  /** Progress lines (default: stderr). */
+  readonly log?: (line: string) => void;
+  /** Aborts the run (services and workers are still cleaned up). */
+  readonly signal?: AbortSignal;
+}
+
+export interface ChaosResult extends Verdict {
+  readonly seed: number;
+  readonly settings: {
+    readonly messages: number;
+    readonly duration: number;
+    readonly publishers: number;
+    readonly consumers: number;
+    readonly faults: string;
+    readonly servers: readonly string[];
+    readonly queue: string;
+  };
+  readonly faultsInjected: ExecutedFault[];
+  /** Consumer processes that died without being killed by the nemesis. */
+  readonly crashes: string[];
+  /** Confirmed publishes per second of the publishing phase. */
+  readonly publishRate: number;
+  /** Distinct messages completed per second, from the first publish to the last first completion. */
+  readonly consumeRate: number;
+  /** Whether every confirmed message completed before the drain deadline. */
+  readonly drained: boolean;
+  readonly seconds: {
+    readonly setup: number;
+    readonly publishing: number;
+    readonly drain: number;
+    readonly total: number;
+  };
+  /** The run directory when kept (failed runs keep it). */
+  readonly runDir: string | undefined;
+  /** lost == duplicated == unexpected == 0 and no consumer crashed. */
+  readonly ok: boolean;
+}
+
+class Aborted extends Error {
+  constructor() {
+    super('chaos run aborted');
+    this.name = 'Aborted';
+  }
+}
+
+const isType =
+  <K extends FromWorker['type']>(type: K) =>
+  (m: FromWorker): m is Extract<FromWorker, { type: K }> =>
+    m.type === type;
+
+const READY_TIMEOUT_MS = 120_000;
+const round1 = (x: number): number => Math.round(x * 10) / 10;
+
+export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`[chaos] ${line}\n`));
+  const signal = options.signal;
+  const sleep = (ms: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(new Aborted());
+        return;
+      }
+      const onAbort = (): void => {
+        clearTimeout(timer);
+        reject(new Aborted());
+      };
+      const timer = setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }, ms);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  const abortable = <T>(promise: Promise<T>): Promise<T> =>
+    signal === undefined
+      ? promise
+      : Promise.race([
+          promise,
+          new Promise<never>((_, reject) => {
+            if (signal.aborted) reject(new Aborted());
+            signal.addEventListener('abort', () => reject(new Aborted()), { once: true });
+          }),
+        ]);
+
+  validate(options);
+  const started = Date.now();
+  const prng = new Prng(options.seed);
+  const nemesisPrng = prng.fork();
+  const dir = mkdtempSync(join(tmpdir(), 'beetle-chaos-'));
+  const queue = `chaos_${options.seed}_${randomBytes(3).toString('hex')}`;
+  const faultsLabel = options.faults === 'mixed' ? 'mixed' : options.faults.join(',');
+  log(
+    `seed ${options.seed}: ${options.messages} messages in ${options.duration}s, ${options.publishers} publisher(s), ` +
+      `${options.consumers} consumer(s), faults ${faultsLabel}; run directory ${dir}`,
+  );
+
+  let cluster = options.cluster;
+  const owned = cluster === undefined;
+  const consumers: Worker[] = [];
+  const publishers: Worker[] = [];
+  const all: Worker[] = [];
+  const tails: RecordTail[] = [];
+  const tally = new Tally();
+  const crashes: string[] = [];
+  let shuttingDown = false;
+  let generation = 0;
+  const poll = (): void => {
+    for (const tail of tails) for (const line of tail.read()) tally.add(line);
+  };
+  let poller: NodeJS.Timeout | undefined;
+  let ok = false;
+
+  try {
+    cluster ??= await abortable(
+      Cluster.start(options.ports ?? DEFAULT_PORTS, join(dir, 'redis-master'), log),
+    );
+    if (!owned) {
+      await cluster.heal();
+      await cluster.flushRedis();
+      cluster.writeMasterFile(cluster.master.address);
+    }
+    const services = cluster;
+    const system: SystemSettings = {
+      servers: services.servers,
+      masterFile: services.masterFile,
+      queue,
+      attempts: options.attempts ?? 3,
+      handlerTimeout: options.handlerTimeout ?? 3,
+      handlerDelay: options.handlerDelay ?? 1,
+      concurrency: options.concurrency ?? 1,
+      prefetch: options.prefetch ?? 5,
+      statusKeyExpiry: options.statusKeyExpiry ?? 0,
+    };
+
+    const spawnConsumer = async (index: number): Promise<Worker> => {
+      const name = `consumer-${index}-${generation++}`;
+      const settings: ConsumerSettings = {
+        ...system,
+        role: 'consumer',
+        index,
+        recordFile: join(dir, `${name}.rec`),
+        workMinMs: options.workMs?.[0] ?? 1,
+        workMaxMs: options.workMs?.[1] ?? 10,
+      };
+      tails.push(new RecordTail(settings.recordFile));
+      const worker = new Worker(settings, join(dir, `${name}.log`));
+      all.push(worker);
+      consumers[index] = worker;
+      void worker.exited.then((exit) => {
+        if (worker.expectedExit || shuttingDown) return;
+        const what = `${worker.name} died unexpectedly (${exit.code ?? exit.signal}); see ${worker.logFile}`;
+        crashes.push(what);
+        log(what);
+        if (consumers[index] === worker) {
+          spawnConsumer(index).catch((error: unknown) =>
+            log(`could not replace ${worker.name}: ${String(error)}`),
+          );
+        }
+      });
+      await abortable(worker.waitFor(isType('ready'), READY_TIMEOUT_MS, 'ready'));
+      return worker;
+    };
+
+    const setupStarted = Date.now();
+    await Promise.all(Array.from({ length: options.consumers }, (_, i) => spawnConsumer(i)));
+    log(`${options.consumers} consumer(s) consuming from ${services.servers.join(', ')}`);
+
+    const perPublisher = Array.from(
+      { length: options.publishers },
+      (_, i) =>
+        Math.floor(options.messages / options.publishers) +
+        (i < options.messages % options.publishers ? 1 : 0),
+    );
+    // Nominal publishing ends at 80% of the duration, leaving room for outages to catch up.
+    const publishSeconds = options.duration * 0.8;
+    await Promise.all(
+      perPublisher.map(async (count, index) => {
+        const settings: PublisherSettings = {
+          ...system,
+          role: 'publisher',
+          index,
+          recordFile: join(dir, `publisher-${index}.rec`),
+          count,
+          rate: Math.max(count / publishSeconds, 0.1),
+          window: options.window ?? 20,
+        };
+        tails.push(new RecordTail(settings.recordFile));
+        const worker = new Worker(settings, join(dir, `publisher-${index}.log`));
+        all.push(worker);
+        publishers.push(worker);
+        await abortable(worker.waitFor(isType('ready'), READY_TIMEOUT_MS, 'ready'));
+      }),
+    );
+    const setupSeconds = (Date.now() - started) / 1000;
+    log(`workers ready after ${((Date.now() - setupStarted) / 1000).toFixed(1)} s; publishing`);
+
+    // ----------------------------------------------------------------------------- publishing phase
+    poller = setInterval(poll, 250);
+    const t0 = Date.now();
+    const elapsed = (): number => (Date.now() - t0) / 1000;
+    for (const publisher of publishers) publisher.send({ type: 'go' });
+    let publishing = true;
+    const killConsumerMidHandler = async (index: number): Promise<string> => {
+      const victim = consumers[index];
+      if (victim === undefined || !victim.alive) return `consumer #${index} not running; nothing killed`;
+      victim.send({ type: 'arm-kill' });
+      let held: string | undefined;
+      try {
+        held = (await abortable(victim.waitFor(isType('holding'), 15_000, 'handler to hold'))).id;
+      } catch (error) {
+        if (error instanceof Aborted) throw error;
+        log(`  ${victim.name}: ${error instanceof Error ? error.message : String(error)}; killing it anyway`);
+      }
+      victim.kill('SIGKILL');
+      await victim.exited;
+      log(`  ${victim.name} killed${held ? ` inside the handler of ${held}` : ' (no handler running)'}`);
+      const replacement = await spawnConsumer(index);
+      log(`  replacement ${replacement.name} consuming`);
+      return held
+        ? `SIGKILL ${victim.name} inside the handler of ${held}; replaced by ${replacement.name}`
+        : `SIGKILL ${victim.name} (idle: no delivery within 15 s); replaced by ${replacement.name}`;
+    };
+    const nemesis = runNemesis(
+      nemesisPrng,
+      {
+        faults: options.faults,
+        brokers: services.brokers.length,
+        consumers: options.consumers,
+        ...(options.maxFaults === undefined ? {} : { maxFaults: options.maxFaults }),
+      },
+      { cluster: services, killConsumerMidHandler, log, elapsed, sleep },
+      () => publishing && !signal?.aborted,
+    );
+    // A failing fault step ends the publishing phase at once.
+    let nemesisFailed = false;
+    nemesis.catch(() => {
+      nemesisFailed = true;
+    });
+    let lastReport = 0;
+    while (publishers.some((p) => p.alive) && elapsed() < options.duration && !nemesisFailed) {
+      await sleep(200);
+      if (elapsed() - lastReport >= 5) {
+        lastReport = elapsed();
+        log(
+          `${elapsed().toFixed(0)}s: attempted ${tally.attempted.size}, confirmed ${tally.confirmed.size}, ` +
+            `completed ${tally.completions.size}`,
+        );
+      }
+    }
+    publishing = false;
+    for (const publisher of publishers) {
+      if (publisher.alive) {
+        log(`${publisher.name} still publishing at the end of the phase; stopped`);
+        publisher.kill('SIGKILL');
+      } else if (publisher.exit?.code !== 0) {
+        throw new Error(
+          `${publisher.name} failed (${publisher.exit?.code ?? publisher.exit?.signal}); see ${publisher.logFile}`,
+        );
+      }
+    }
+    await Promise.all(publishers.map((p) => p.exited));
+    const publishingSeconds = elapsed();
+    poll();
+    log(`publishing over at ${publishingSeconds.toFixed(1)}s; waiting for the nemesis to heal`);
+    const faultsInjected = await nemesis;
+    await cluster.heal();
+
+    // ----------------------------------------------------------------------------- drain phase
+    const drainStart = Date.now();
+    const drainDeadline = drainStart + (options.drainTimeout ?? 90) * 1000;
+    const settleMs = (options.settle ?? 3) * 1000;
+    let lastCount = -1;
+    let quietSince = Date.now();
+    let drained = false;
+    let lastDrainReport = Date.now();
+    while (Date.now() < drainDeadline) {
+      poll();
+      if (tally.totalCompletions !== lastCount) {
+        lastCount = tally.totalCompletions;
+        quietSince = Date.now();
+      }
+      if (tally.pending() === 0 && Date.now() - quietSince >= settleMs) {
+        drained = true;
+        break;
+      }
+      if (Date.now() - lastDrainReport >= 5000) {
+        lastDrainReport = Date.now();
+        log(`draining: ${tally.pending()} confirmed message(s) not completed yet`);
+      }
+      await sleep(250);
+    }
+    const drainSeconds = (Date.now() - drainStart) / 1000;
+    log(
+      drained
+        ? `drained in ${drainSeconds.toFixed(1)}s`
+        : `drain deadline reached with ${tally.pending()} pending`,
+    );
+    shuttingDown = true;
+    await Promise.all(consumers.map((c) => c.stop(8000)));
+    poll();
+
+    const verdict = judge(tally);
+    const firstAttempt = Math.min(...tally.attempted.values());
+    const lastConfirm = Math.max(...tally.confirmedAt.values());
+    const lastFirstCompletion = Math.max(
+      ...[...tally.completions.values()].map((list) => Math.min(...list.map((d) => d.at))),
+    );
+    ok = verdict.lost === 0 && verdict.duplicated === 0 && verdict.unexpected === 0 && crashes.length === 0;
+    return {
+      ...verdict,
+      seed: options.seed,
+      settings: {
+        messages: options.messages,
+        duration: options.duration,
+        publishers: options.publishers,
+        consumers: options.consumers,
+        faults: faultsLabel,
+        servers: services.servers,
+        queue,
+      },
+      faultsInjected,
+      crashes,
+      publishRate: round1(verdict.confirmed / Math.max(0.001, (lastConfirm - firstAttempt) / 1000)),
+      consumeRate: round1(verdict.delivered / Math.max(0.001, (lastFirstCompletion - firstAttempt) / 1000)),
+      drained,
+      seconds: {
+        setup: round1(setupSeconds),
+        publishing: round1(publishingSeconds),
+        drain: round1(drainSeconds),
+        total: round1((Date.now() - started) / 1000),
+      },
+      runDir: options.keepDir || !ok ? dir : undefined,
+      ok,
+    };
+  } finally {
+    shuttingDown = true;
+    if (poller) clearInterval(poller);
+    for (const worker of all) worker.kill('SIGKILL');
+    await Promise.all(all.map((w) => w.exited));
+    if (cluster !== undefined) {
+      const servers = cluster.servers;
+      try {
+        if (!owned) await cluster.heal();
+        await deleteQueue(servers, queue);
+      } catch (error) {
+        log(`cleanup: ${error instanceof Error ? error.message : String(error)}`);
+      }
+      if (owned) {
+        await cluster.stop().catch((error: unknown) => log(String(error)));
+      }
+    }
+    if (ok && !options.keepDir) rmSync(dir, { recursive: true, force: true });
+    else log(`run directory kept: ${dir}`);
+  }
+}
+
+function validate(options: ChaosOptions): void {
+  const positiveInt = (name: string, value: number): void => {
+    if (!Number.isInteger(value) || value < 1) throw new Error(`chaos: ${name} must be a positive integer`);
+  };
+  positiveInt('messages', options.messages);
+  positiveInt('publishers', options.publishers);
+  positiveInt('consumers', options.consumers);
+  if (!(options.duration > 0)) throw new Error('chaos: duration must be positive');
+  if (options.faults !== 'mixed') {
+    for (const fault of options.faults) {
+      if (!(FAULTS as readonly string[]).includes(fault)) throw new Error(`chaos: unknown fault ${fault}`);
+    }
+  }
+}
+
+/** Removes the run's queue and exchange from every broker (best effort, bounded). */
+async function deleteQueue(servers: readonly string[], queue: string): Promise<void> {
+  await Promise.all(
+    servers.map(async (server) => {
+      const connection = await amqp.connect(`amqp://guest:guest@${server}`, { timeout: 3000 });
+      try {
+        const channel = await connection.createChannel();
+        await channel.deleteQueue(queue);
+        await channel.deleteExchange(queue);
+        await channel.close();
+      } finally {
+        await connection.close();
+      }
+    }),
+  );
+}

@@ -1,0 +1,31 @@
+export type {
+  BrokerOptions,
+  ConsumerChannel,
+  Delivery,
+  PublishChannel,
+  PublishOptions,
+  TopologyDeclarer,
+} from './types.js';
+export {
+  BrokerConnection,
+  type BackgroundError,
+  type ConnectionLostEvent,
+  type ConnectionRole,
+} from './connection.js';
+export { BrokerPool, brokerOptions } from './pool.js';
+export {
+  PolicyClient,
+  policyDefinition,
+  policyUpdatePayload,
+  type PolicyAction,
+  type PolicyBinding,
+  type PolicyUpdatePayload,
+  type QueuePolicyOptions,
+} from './policies.js';
+export {
+  setupQueue,
+  type PolicyMessagePublisher,
+  type SetupQueueContext,
+  type SetupQueueResult,
+} from './setup.js';
+export { backoff, type BackoffOptions } from './util.js';

@@ -1,0 +1,274 @@
+import {
+  brokerAddress,
+  ConfigurationError,
+  PolicyRequestError,
+  silentLogger,
+  Topology,
+  type BeetleConfig,
+  type BrokerAddress,
+  type Logger,
+  type QueueDefinition,
+} from '@beetle/core';
+import { errorMessage } from './util.js';
+
+/** Options of one queue policy (Ruby `set_queue_policy!`). */
+export interface QueuePolicyOptions {
+  readonly lazy: boolean;
+  readonly deadLettering: boolean;
+  /** `dead-letter-routing-key` (the partner queue of the dead letter cycle). */
+  readonly routingKey?: string;
+  /** `message-ttl` in milliseconds (only on the dead letter queue). */
+  readonly messageTtl?: number;
+}
+
+/** A binding as it travels in the policy update message. */
+export interface PolicyBinding {
+  readonly exchange: string;
+  readonly key: string;
+}
+
+/** The JSON body of a policy update message (reference §3.6); keys are Ruby's. */
+export interface PolicyUpdatePayload {
+  readonly queue_name: string;
+  readonly bindings: readonly PolicyBinding[];
+  readonly dead_letter_queue_name: string;
+  readonly message_ttl: number;
+  readonly dead_lettering: boolean;
+  readonly lazy: boolean;
+  readonly server: string;
+}
+
+/** What `setQueuePolicy` did. */
+export type PolicyAction = 'created' | 'updated' | 'unchanged' | 'deleted' | 'none';
+
+/** Builds the policy update message body for a queue declared on `server`, in Ruby's key order. */
+export function policyUpdatePayload(
+  server: string,
+  queue: QueueDefinition,
+  bindings: readonly PolicyBinding[],
+): PolicyUpdatePayload {
+  return {
+    queue_name: queue.amqpName,
+    bindings: bindings.map((b) => ({ exchange: b.exchange, key: b.key })),
+    dead_letter_queue_name: Topology.deadLetterQueueName(queue.amqpName),
+    message_ttl: queue.deadLetteringMsgTtl,
+    dead_lettering: queue.deadLettering,
+    lazy: queue.lazy,
+    server,
+  };
+}
+
+const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** The policy definition Ruby Beetle installs (reference §6.6). */
+export function policyDefinition(options: QueuePolicyOptions): Record<string, unknown> {
+  const definition: Record<string, unknown> = {};
+  if (options.deadLettering) {
+    definition['dead-letter-routing-key'] = options.routingKey;
+    definition['dead-letter-exchange'] = '';
+    if (options.messageTtl !== undefined) definition['message-ttl'] = options.messageTtl;
+  }
+  if (options.lazy) definition['queue-mode'] = 'lazy';
+  return definition;
+}
+
+function deepEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  return ka.every((k) => deepEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
+}
+
+const str = (value: unknown, field: string): string => {
+  if (typeof value !== 'string' || value === '') {
+    throw new ConfigurationError(
+      `policy update: ${field} must be a non-empty string, got ${JSON.stringify(value)}`,
+    );
+  }
+  return value;
+};
+
+/**
+ * Client of the RabbitMQ management HTTP API for Beetle's queue policies: `http(s)://<host>:<"1"+port>`, basic
+ * auth with the broker's credentials, vhost and names URL-escaped, every request bounded by
+ * `rabbitmqApiReadTimeout`. Unexpected statuses (and network errors, status 0) reject with
+ * `PolicyRequestError`.
+ */
+export class PolicyClient {
+  constructor(
+    private readonly config: BeetleConfig,
+    private readonly logger: Logger = silentLogger,
+    private readonly fetchImpl: typeof fetch = fetch,
+  ) {}
+
+  /**
+   * Installs (or updates, or deletes) the policy `<queue>_policy` with pattern `^<escaped queue>$`. GET first:
+   * identical → nothing; definition equal to `brokerDefaultPolicy` → the per-queue policy is deleted (if any).
+   * Unlike Ruby, a stale policy is also deleted when neither lazy nor dead lettering is wanted any more.
+   */
+  async setQueuePolicy(server: string, queue: string, options: QueuePolicyOptions): Promise<PolicyAction> {
+    if (!server || !queue) throw new ConfigurationError('setQueuePolicy: server and queue must be given');
+    const address = brokerAddress(this.config, server);
+    const name = `${queue}_policy`;
+    const path = `/api/policies/${encodeURIComponent(address.vhost)}/${encodeURIComponent(name)}`;
+    const definition = policyDefinition(options);
+    const body = {
+      pattern: `^${escapeRegExp(queue)}$`,
+      priority: this.config.beetlePolicyPriority,
+      'apply-to': 'queues',
+      definition,
+    };
+    const wanted = options.deadLettering || options.lazy;
+    const isDefault = !wanted || deepEqual(definition, this.config.brokerDefaultPolicy);
+    const current = await this.request(address, 'GET', path, undefined, [200, 404]);
+    if (isDefault) {
+      if (current.status === 404) return 'none';
+      await this.request(address, 'DELETE', path, undefined, [200, 204, 404]);
+      this.logger.info({ server, queue, policy: name }, `deleted policy ${name}`);
+      return 'deleted';
+    }
+    if (current.status === 200 && typeof current.json === 'object' && current.json !== null) {
+      const existing = current.json as Record<string, unknown>;
+      if (Object.entries(body).every(([k, v]) => deepEqual(existing[k], v))) return 'unchanged';
+    }
+    await this.request(address, 'PUT', path, body, [200, 201, 204]);
+    this.logger.info({ server, queue, policy: name, definition }, `installed policy ${name}`);
+    return current.status === 404 ? 'created' : 'updated';
+  }
+
+  /**
+   * Ruby `update_queue_properties!`: the dead letter queue's policy first (so nothing lands there without a
+   * TTL), then the queue's, then obsolete bindings are removed. Accepts the parsed JSON of a policy message
+   * (string keys).
+   */
+  async updateQueueProperties(
+    payload: PolicyUpdatePayload | Readonly<Record<string, unknown>>,
+  ): Promise<void> {
+    const p = payload as Record<string, unknown>;
+    const server = str(p.server, 'server');
+    const queue = str(p.queue_name, 'queue_name');
+    const dlq =
+      typeof p.dead_letter_queue_name === 'string' && p.dead_letter_queue_name !== ''
+        ? p.dead_letter_queue_name
+        : Topology.deadLetterQueueName(queue);
+    const lazy = p.lazy === true;
+    const deadLettering = p.dead_lettering === true;
+    const messageTtl = typeof p.message_ttl === 'number' ? p.message_ttl : undefined;
+    await this.setQueuePolicy(server, dlq, {
+      lazy,
+      deadLettering,
+      routingKey: queue,
+      ...(messageTtl === undefined ? {} : { messageTtl }),
+    });
+    await this.setQueuePolicy(server, queue, { lazy, deadLettering, routingKey: dlq });
+    if (Array.isArray(p.bindings)) {
+      const bindings: PolicyBinding[] = (p.bindings as unknown[]).map((b, i) => {
+        const entry = (typeof b === 'object' && b !== null ? b : {}) as Record<string, unknown>;
+        return {
+          exchange: str(entry.exchange, `bindings[${i}].exchange`),
+          key: typeof entry.key === 'string' ? entry.key : '',
+        };
+      });
+      await this.removeObsoleteBindings(server, queue, bindings);
+    }
+  }
+
+  /**
+   * Deletes every binding of `queue` not among `bindings` (compared as strings `exchange`/`key`); the
+   * default-exchange binding (source `""`) is ignored. Returns how many were deleted.
+   */
+  async removeObsoleteBindings(
+    server: string,
+    queue: string,
+    bindings: readonly PolicyBinding[],
+  ): Promise<number> {
+    const address = brokerAddress(this.config, server);
+    const vhost = encodeURIComponent(address.vhost);
+    const q = encodeURIComponent(queue);
+    const response = await this.request(
+      address,
+      'GET',
+      `/api/queues/${vhost}/${q}/bindings`,
+      undefined,
+      [200],
+    );
+    const existing = Array.isArray(response.json) ? (response.json as Record<string, unknown>[]) : [];
+    const wanted = new Set(bindings.map((b) => JSON.stringify([b.exchange, b.key])));
+    let removed = 0;
+    for (const binding of existing) {
+      const source = typeof binding.source === 'string' ? binding.source : '';
+      if (source === '') continue;
+      const key = typeof binding.routing_key === 'string' ? binding.routing_key : '';
+      if (wanted.has(JSON.stringify([source, key]))) continue;
+      const propertiesKey = typeof binding.properties_key === 'string' ? binding.properties_key : key;
+      await this.request(
+        address,
+        'DELETE',
+        `/api/bindings/${vhost}/e/${encodeURIComponent(source)}/q/${q}/${encodeURIComponent(propertiesKey)}`,
+        undefined,
+        [200, 204, 404],
+      );
+      this.logger.info(
+        { server, queue, exchange: source, key },
+        `removed obsolete binding ${source} -> ${queue} (${key})`,
+      );
+      removed++;
+    }
+    return removed;
+  }
+
+  /** GET `/api/queues/<vhost>/<queue>`; `undefined` when the queue does not exist. */
+  async queueProperties(server: string, queue: string): Promise<Record<string, unknown> | undefined> {
+    const address = brokerAddress(this.config, server);
+    const path = `/api/queues/${encodeURIComponent(address.vhost)}/${encodeURIComponent(queue)}`;
+    const response = await this.request(address, 'GET', path, undefined, [200, 404, 410]);
+    return response.status === 200 ? (response.json as Record<string, unknown>) : undefined;
+  }
+
+  private async request(
+    address: BrokerAddress,
+    method: 'GET' | 'PUT' | 'DELETE',
+    path: string,
+    body: unknown,
+    accept: readonly number[],
+  ): Promise<{ status: number; json: unknown }> {
+    const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+    const url = `${address.tls ? 'https' : 'http'}://${host}:${address.managementPort}${path}`;
+    const headers: Record<string, string> = {
+      authorization: `Basic ${Buffer.from(`${address.user}:${address.password}`).toString('base64')}`,
+      accept: 'application/json',
+    };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    let response: Response;
+    let text: string;
+    try {
+      response = await this.fetchImpl(url, {
+        method,
+        headers,
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        signal: AbortSignal.timeout(this.config.rabbitmqApiReadTimeout * 1000),
+      });
+      text = await response.text();
+    } catch (error) {
+      throw new PolicyRequestError(0, `${method} ${url} failed: ${errorMessage(error)}`, { cause: error });
+    }
+    if (!accept.includes(response.status)) {
+      throw new PolicyRequestError(
+        response.status,
+        `${method} ${url} answered ${response.status} ${response.statusText}: ${text.slice(0, 300)}`,
+      );
+    }
+    let json: unknown = undefined;
+    if (text !== '') {
+      try {
+        json = JSON.parse(text);
+      } catch {
+        json = undefined;
+      }
+    }
+    return { status: response.status, json };
+  }
+}

@@ -1,0 +1,108 @@
+import type {
+  BrokerAddress,
+  EnvelopeProperties,
+  ExchangeDefinition,
+  Logger,
+  QueueDefinition,
+} from '@beetle/core';
+
+/**
+ * The seams of the broker layer. The publisher and the subscriber depend on these interfaces only, so a
+ * test (or a user) can put another implementation behind them.
+ */
+
+/** Settings for one broker, derived from the Beetle configuration (durations in seconds). */
+export interface BrokerOptions {
+  readonly address: BrokerAddress;
+  /** Heartbeat in seconds; `'server'` accepts the broker's proposal; 0 disables. */
+  readonly heartbeat: number | 'server';
+  readonly connectTimeout: number;
+  /** Bound for every broker round trip (declare, bind, purge, confirm, close). */
+  readonly operationTimeout: number;
+  readonly frameMax: number;
+  readonly channelMax: number;
+  /** Shown in the RabbitMQ UI; suffixed with the pid and role. */
+  readonly connectionName: string | undefined;
+  readonly logger: Logger;
+  /** Publisher confirms on the shared publish channel (default true). */
+  readonly confirms?: boolean;
+  /** Heartbeat of the CONSUMING connection (default: `heartbeat`). */
+  readonly consumerHeartbeat?: number | 'server';
+  /** Connect timeout of the CONSUMING connection in seconds (default: `connectTimeout`). */
+  readonly consumerConnectTimeout?: number;
+}
+
+/** A delivery handed to a consumer callback. */
+export interface Delivery {
+  readonly content: Buffer;
+  readonly fields: {
+    readonly deliveryTag: number;
+    readonly redelivered: boolean;
+    readonly exchange: string;
+    readonly routingKey: string;
+    readonly consumerTag: string;
+  };
+  readonly properties: {
+    readonly messageId?: unknown;
+    readonly timestamp?: unknown;
+    readonly headers?: Readonly<Record<string, unknown>> | undefined;
+    readonly replyTo?: unknown;
+    readonly contentType?: unknown;
+    readonly correlationId?: unknown;
+  };
+}
+
+export interface PublishOptions {
+  readonly mandatory?: boolean;
+}
+
+/** A channel for publishing; with confirms, `publish` resolves when the broker confirmed the message. */
+export interface PublishChannel {
+  readonly server: string;
+  /**
+   * Resolves once the broker confirmed (confirm mode) or the frame was written (no confirms). Rejects with a
+   * `BrokerError` on nack, channel/connection loss or `operationTimeout`. Waits for `drain` and for an
+   * unblocked connection instead of buffering without limit (bounded by the timeout).
+   */
+  publish(
+    exchange: string,
+    routingKey: string,
+    body: Buffer,
+    properties: Partial<EnvelopeProperties> & Record<string, unknown>,
+    options?: PublishOptions,
+  ): Promise<void>;
+}
+
+/** A channel carrying consumers, kept apart from publishing so a slow consumer never stalls publishing. */
+export interface ConsumerChannel {
+  readonly server: string;
+  /** Starts consuming with manual acks; returns the consumer tag. */
+  consume(queue: string, onDelivery: (delivery: Delivery) => void): Promise<string>;
+  /** basic.cancel. */
+  cancel(consumerTag: string): Promise<void>;
+  /** basic.ack; false (and a log line) when the channel is already gone — the broker will redeliver. */
+  ack(delivery: Delivery): boolean;
+  /** basic.reject; false when the channel is already gone. */
+  reject(delivery: Delivery, requeue: boolean): boolean;
+  /** Publishes on this channel without confirms (RPC replies). */
+  publish(
+    exchange: string,
+    routingKey: string,
+    body: Buffer,
+    properties: Record<string, unknown>,
+  ): Promise<void>;
+  /** Fires once when the channel or its connection is gone (the error, if any, says why). */
+  onClose(listener: (error: Error | undefined) => void): void;
+  close(): Promise<void>;
+}
+
+/** Declaring topology on one broker exactly as Ruby does (reference §5.5, §6.1). */
+export interface TopologyDeclarer {
+  declareExchange(exchange: ExchangeDefinition): Promise<void>;
+  /** Declares the queue (and its `_dead_letter` queue when dead lettering is on). */
+  declareQueue(queue: QueueDefinition): Promise<void>;
+  bindQueue(queue: string, exchange: string, key: string): Promise<void>;
+  /** Message count of a queue (passive declare); for throttling and status. */
+  queueLength(queue: string): Promise<number>;
+  purgeQueue(queue: string): Promise<void>;
+}

@@ -1,0 +1,240 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import amqp from 'amqplib';
+import { PolicyRequestError, silentLogger, Topology } from '@beetle/core';
+import {
+  BrokerConnection,
+  brokerOptions,
+  PolicyClient,
+  policyDefinition,
+  policyUpdatePayload,
+  setupQueue,
+} from '@beetle/broker-amqp';
+import { cleanup, config, management, queueExists, servers, uid } from './helpers.js';
+
+const server = servers[0]!;
+const opened: BrokerConnection[] = [];
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((c) => c.close()));
+});
+
+const policyOf = async (
+  queue: string,
+): Promise<{ status: number; body: Record<string, unknown> | undefined }> => {
+  const response = await management(
+    server,
+    'GET',
+    `/api/policies/%2F/${encodeURIComponent(`${queue}_policy`)}`,
+  );
+  return {
+    status: response.status,
+    body: response.status === 200 ? ((await response.json()) as Record<string, unknown>) : undefined,
+  };
+};
+
+describe('policy definitions and payloads', () => {
+  it('builds Ruby definitions', () => {
+    expect(policyDefinition({ lazy: true, deadLettering: true, routingKey: 'q_dead_letter' })).toEqual({
+      'dead-letter-routing-key': 'q_dead_letter',
+      'dead-letter-exchange': '',
+      'queue-mode': 'lazy',
+    });
+    expect(policyDefinition({ lazy: false, deadLettering: true, routingKey: 'q', messageTtl: 1000 })).toEqual(
+      {
+        'dead-letter-routing-key': 'q',
+        'dead-letter-exchange': '',
+        'message-ttl': 1000,
+      },
+    );
+  });
+
+  it('builds the §3.6 payload with keys in Ruby order', () => {
+    const topology = new Topology().registerQueue('orders');
+    const payload = policyUpdatePayload(
+      'rabbit1:5672',
+      topology.queue('orders'),
+      topology.bindings('orders'),
+    );
+    expect(JSON.stringify(payload)).toBe(
+      '{"queue_name":"orders","bindings":[{"exchange":"orders","key":"orders"}],"dead_letter_queue_name":"orders_dead_letter","message_ttl":1000,"dead_lettering":false,"lazy":false,"server":"rabbit1:5672"}',
+    );
+  });
+});
+
+describe('policies via the management API', () => {
+  it('synchronous mode installs the policies Ruby would install, declares the DLQ, and is idempotent', async () => {
+    const name = `bt.pol-${uid()}`;
+    const dlq = `${name}_dead_letter`;
+    const topology = new Topology().registerQueue(name, { deadLettering: true, lazy: true });
+    const cfg = config({ updateQueuePropertiesSynchronously: true, servers: [server] });
+    const c = new BrokerConnection(brokerOptions(cfg, server, silentLogger));
+    opened.push(c);
+    try {
+      const result = await setupQueue(await c.declarer(), topology, name, { server, config: cfg });
+      expect(result).toEqual({ queue: name, server, policy: 'applied' });
+      const queuePolicy = await policyOf(name);
+      expect(queuePolicy.body).toMatchObject({
+        name: `${name}_policy`,
+        vhost: '/',
+        // Unlike Ruby the queue name is escaped in the pattern.
+        pattern: `^bt\\.pol-${name.slice(7)}$`,
+        'apply-to': 'queues',
+        priority: 1,
+        definition: { 'dead-letter-routing-key': dlq, 'dead-letter-exchange': '', 'queue-mode': 'lazy' },
+      });
+      const dlqPolicy = await policyOf(dlq);
+      expect(dlqPolicy.body).toMatchObject({
+        definition: {
+          'dead-letter-routing-key': name,
+          'dead-letter-exchange': '',
+          'message-ttl': 1000,
+          'queue-mode': 'lazy',
+        },
+      });
+      expect(await queueExists(server, dlq)).toBe(true);
+      expect(await queueExists(server, name)).toBe(true);
+
+      const client = new PolicyClient(cfg);
+      expect(
+        await client.setQueuePolicy(server, name, { lazy: true, deadLettering: true, routingKey: dlq }),
+      ).toBe('unchanged');
+      // Unlike Ruby a stale policy is removed when neither option is wanted any more.
+      expect(await client.setQueuePolicy(server, name, { lazy: false, deadLettering: false })).toBe(
+        'deleted',
+      );
+      expect((await policyOf(name)).status).toBe(404);
+    } finally {
+      await cleanup({
+        queues: [name, dlq],
+        exchanges: [name],
+        policies: [`${name}_policy`, `${dlq}_policy`],
+      });
+    }
+  });
+
+  it('deletes a per-queue policy equal to the broker default policy', async () => {
+    const name = `bt-def-${uid()}`;
+    const cfg = config({ servers: [server], brokerDefaultPolicy: { 'queue-mode': 'lazy' } });
+    const client = new PolicyClient(cfg);
+    try {
+      await management(server, 'PUT', `/api/policies/%2F/${name}_policy`, {
+        pattern: `^${name}$`,
+        'apply-to': 'queues',
+        priority: 1,
+        definition: { 'queue-mode': 'lazy' },
+      });
+      expect(await client.setQueuePolicy(server, name, { lazy: true, deadLettering: false })).toBe('deleted');
+      expect(await client.setQueuePolicy(server, name, { lazy: true, deadLettering: false })).toBe('none');
+    } finally {
+      await cleanup({ policies: [`${name}_policy`] });
+    }
+  });
+
+  it('removes obsolete bindings comparing string keys (parsed policy message JSON)', async () => {
+    const name = `bt-bind-${uid()}`;
+    const other = `${name}-other`;
+    const cfg = config({ servers: [server] });
+    const conn = await amqp.connect(`amqp://guest:guest@${server}`);
+    try {
+      const ch = await conn.createChannel();
+      await ch.assertQueue(name, { durable: true });
+      await ch.assertExchange(name, 'topic', { durable: true });
+      await ch.assertExchange(other, 'topic', { durable: true });
+      await ch.bindQueue(name, name, name);
+      await ch.bindQueue(name, other, 'old.key');
+      await ch.bindQueue(name, name, 'another');
+      const parsed = JSON.parse(
+        JSON.stringify({
+          queue_name: name,
+          bindings: [{ exchange: name, key: name }],
+          dead_letter_queue_name: `${name}_dead_letter`,
+          message_ttl: 1000,
+          dead_lettering: false,
+          lazy: false,
+          server,
+        }),
+      ) as Record<string, unknown>;
+      await new PolicyClient(cfg).updateQueueProperties(parsed);
+      const bindings = (await (
+        await management(server, 'GET', `/api/queues/%2F/${name}/bindings`)
+      ).json()) as {
+        source: string;
+        routing_key: string;
+      }[];
+      expect(bindings.map((b) => [b.source, b.routing_key]).sort()).toEqual([
+        ['', name],
+        [name, name],
+      ]);
+    } finally {
+      await conn.close();
+      await cleanup({ queues: [name], exchanges: [name, other] });
+    }
+  });
+
+  it('non-2xx answers reject with PolicyRequestError', async () => {
+    const cfg = config({ servers: [server], password: 'wrong' });
+    await expect(
+      new PolicyClient(cfg).setQueuePolicy(server, 'q', { lazy: true, deadLettering: false }),
+    ).rejects.toSatisfy((e: unknown) => e instanceof PolicyRequestError && e.status === 401);
+  });
+
+  it('asynchronous mode publishes the policy message with the exact schema to beetle-policy-updates', async () => {
+    const name = `bt-async-${uid()}`;
+    const topology = new Topology().registerQueue(name, { deadLettering: true });
+    const cfg = config({ servers: [server] });
+    const c = new BrokerConnection(brokerOptions(cfg, server, silentLogger));
+    opened.push(c);
+    try {
+      const publisher = await c.publishChannel();
+      const result = await setupQueue(await c.declarer(), topology, name, {
+        server,
+        config: cfg,
+        policyPublisher: publisher,
+        once: (key, fn) => c.once(key, fn),
+      });
+      expect(result.policy).toBe('published');
+      expect(await queueExists(server, `${name}_dead_letter`)).toBe(true);
+      // Find our message among whatever else is in the shared policy queue; leave the others there.
+      const conn = await amqp.connect(`amqp://guest:guest@${server}`);
+      try {
+        const ch = await conn.createChannel();
+        let found: amqp.GetMessage | undefined;
+        for (let i = 0; i < 10_000 && !found; i++) {
+          const message = await ch.get('beetle-policy-updates', { noAck: false });
+          if (message === false) break;
+          if (message.content.toString().includes(`"queue_name":"${name}"`)) {
+            found = message;
+            ch.ack(message);
+          }
+        }
+        expect(found).toBeDefined();
+        expect(found!.content.toString()).toBe(
+          JSON.stringify({
+            queue_name: name,
+            bindings: [{ exchange: name, key: name }],
+            dead_letter_queue_name: `${name}_dead_letter`,
+            message_ttl: 1000,
+            dead_lettering: true,
+            lazy: false,
+            server,
+          }),
+        );
+        expect(found!.fields).toMatchObject({
+          exchange: 'beetle-policies',
+          routingKey: 'beetle.policy.update',
+        });
+        expect(found!.properties).toMatchObject({
+          contentType: 'application/octet-stream',
+          deliveryMode: 2,
+          priority: 0,
+          headers: { format_version: '1', flags: '0' },
+        });
+        const headers = found!.properties.headers as Record<string, unknown>;
+        expect(Number(headers.expires_at) - Number(found!.properties.timestamp)).toBe(86400);
+      } finally {
+        await conn.close();
+      }
+    } finally {
+      await cleanup({ queues: [name, `${name}_dead_letter`], exchanges: [name] });
+    }
+  });
+});

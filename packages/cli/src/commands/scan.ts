@@ -1,0 +1,132 @@
+import { isRedisAddress } from '@beetle/dedup-redis';
+import type { BeetleConfig } from '@beetle/core';
+import type { CommandContext } from '../command.js';
+import { numberFlag, type FlagSpecs } from '../options.js';
+import { errorMessage, oneLine, Progress } from '../output.js';
+import { connectRedis, RedisConnectionError, resolveRedisMaster, type RespClient } from '../redis.js';
+
+/** Flags of the dedup store tools (the Go command's `--redis-gc-*` names are accepted as aliases). */
+export const storeToolFlags: FlagSpecs = {
+  databases: {
+    type: 'string',
+    value: '<n,n>',
+    description: 'databases to process, comma-separated (default: redis_db, i.e. 4)',
+  },
+  'redis-gc-databases': { type: 'string', value: '<n,n>', description: 'alias of --databases (Go name)' },
+  batch: { type: 'string', value: '<n>', description: 'SCAN COUNT per round trip' },
+  pause: {
+    type: 'string',
+    value: '<seconds>',
+    description: 'pause between two SCAN batches, to spare a busy Redis (default 0.1)',
+  },
+};
+
+/** The master moved while scanning: the run starts over (as the Go command does). */
+export class MasterChangedError extends Error {
+  override readonly name = 'MasterChangedError';
+}
+
+/** Escapes Redis glob characters, so a queue prefix matches literally. */
+export const escapeGlob = (text: string): string => text.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+
+/** Follows the redis master file (if `redis_server` is one), looking at it at most once per second. */
+export class MasterWatcher {
+  private lastCheck = 0;
+
+  private constructor(
+    private readonly config: BeetleConfig,
+    public master: string,
+  ) {}
+
+  static async create(config: BeetleConfig): Promise<MasterWatcher> {
+    return new MasterWatcher(config, await resolveRedisMaster(config));
+  }
+
+  /** Throws `MasterChangedError` when the file names another master now. */
+  async check(): Promise<void> {
+    if (isRedisAddress(this.config.redisServer.trim())) return;
+    const now = Date.now();
+    if (now - this.lastCheck < 1000) return;
+    this.lastCheck = now;
+    const master = await resolveRedisMaster(this.config).catch(() => undefined);
+    if (master !== undefined && master !== this.master) {
+      const old = this.master;
+      this.master = master;
+      throw new MasterChangedError(`the Redis master changed from ${old} to ${master}`);
+    }
+  }
+}
+
+export interface ScanOptions {
+  readonly match: string;
+  readonly count: number;
+  readonly pauseMs: number;
+  readonly label: string;
+}
+
+/** The SCAN batch size and pause flags, with the command's defaults. */
+export function scanSettings(ctx: CommandContext, defaultCount: number): { count: number; pauseMs: number } {
+  const count = numberFlag(ctx.flags, 'batch', { integer: true, min: 1 }) ?? defaultCount;
+  const pause = numberFlag(ctx.flags, 'pause', { min: 0 }) ?? 0.1;
+  return { count, pauseMs: pause * 1000 };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * SCANs one database batch by batch, with a progress bar (terminal) or periodic lines (otherwise) on stderr.
+ * Checks the master file between batches.
+ */
+export async function scanDatabase(
+  ctx: CommandContext,
+  redis: RespClient,
+  watcher: MasterWatcher,
+  options: ScanOptions,
+  onBatch: (keys: string[]) => Promise<string | void>,
+): Promise<void> {
+  const progress = new Progress(ctx.io, options.label, await redis.dbsize());
+  let cursor = '0';
+  let extra = '';
+  do {
+    if (ctx.signal.aborted) throw Object.assign(new Error('interrupted'), { reason: 'interrupted' });
+    await watcher.check();
+    const [next, keys] = await redis.scan(cursor, options.match, options.count);
+    cursor = next;
+    extra = (await onBatch(keys)) ?? extra;
+    progress.tick(options.count, extra);
+    if (cursor !== '0' && options.pauseMs > 0) await sleep(options.pauseMs);
+  } while (cursor !== '0');
+  progress.finish(extra);
+}
+
+/**
+ * Runs `run` against the current master; when the master changes or the connection fails, starts over after
+ * a second (reporting it on stderr), until `redis_failover_timeout` has passed since the first failure.
+ */
+export async function withRestarts<T>(
+  ctx: CommandContext,
+  run: (watcher: MasterWatcher, connect: (db: number) => Promise<RespClient>) => Promise<T>,
+): Promise<T> {
+  let failingSince: number | undefined;
+  for (;;) {
+    const clients: RespClient[] = [];
+    try {
+      const watcher = await MasterWatcher.create(ctx.config);
+      const connect = async (db: number): Promise<RespClient> => {
+        const client = await connectRedis(ctx.config, watcher.master, db);
+        clients.push(client);
+        return client;
+      };
+      return await run(watcher, connect);
+    } catch (error) {
+      const retriable = error instanceof MasterChangedError || error instanceof RedisConnectionError;
+      if (!retriable) throw error;
+      failingSince ??= Date.now();
+      if (Date.now() - failingSince > ctx.config.redisFailoverTimeout * 1000) throw error;
+      ctx.print.err(`beetle: ${oneLine(errorMessage(error))}; starting over`);
+      await sleep(1000);
+    } finally {
+      for (const client of clients) client.close();
+    }
+  }
+}

@@ -1,0 +1,20 @@
+export { Client, type ClientHealth, type ClientOptions, type StoreHealth } from './client.js';
+export { applyDeclarations, loadDeclarations, parseDeclarations, type Declarations } from './declarations.js';
+export { traceQueueName, type TraceHandle, type Tracer } from './trace.js';
+// The parts a user composes with, so `@beetle/client` alone is enough for most services.
+export {
+  createConfig,
+  loadConfigFile,
+  configFromEnv,
+  MemoryDedupStore,
+  Topology,
+  Outcome,
+  type BeetleConfig,
+  type BeetleConfigInput,
+  type BeetleMessage,
+  type DedupStore,
+  type Logger,
+} from '@beetle/core';
+export { RedisDedupStore } from '@beetle/dedup-redis';
+export type { PublishOptions } from '@beetle/publisher';
+export type { Handler, HandlerContext, HandlerMessage, HandlerOptions } from '@beetle/subscriber';

@@ -1,0 +1,50 @@
+/**
+ * Ruby Beetle's key schema: `msgid:<queue>:<uuid>:<suffix>`. `status` must stay first (Ruby relies on it).
+ * Shared by every store so that a Ruby consumer and a TypeScript consumer read the same keys.
+ */
+export const KEY_SUFFIXES = [
+  'status',
+  'ack_count',
+  'timeout',
+  'delay',
+  'attempts',
+  'exceptions',
+  'mutex',
+  'expires',
+] as const;
+
+export type KeySuffix = (typeof KEY_SUFFIXES)[number];
+
+/** Identifies one message in one queue: each queue deduplicates independently. */
+export interface MessageRef {
+  /** AMQP name of the queue the message was consumed from. */
+  readonly queue: string;
+  /** The AMQP `message_id`. */
+  readonly uuid: string;
+}
+
+export const msgId = (ref: MessageRef): string => `msgid:${ref.queue}:${ref.uuid}`;
+
+export const keyOf = (ref: MessageRef, suffix: KeySuffix): string => `${msgId(ref)}:${suffix}`;
+
+export const allKeysOf = (ref: MessageRef): string[] => KEY_SUFFIXES.map((suffix) => keyOf(ref, suffix));
+
+/** Ruby's extraction regex for the message part of a key (queue names cannot contain `:`). */
+export const MSG_ID_PATTERN = /^(msgid:[^:]*:[-0-9a-f]*):(.*)$/;
+
+export function parseKey(
+  key: string,
+): { msgId: string; queue: string; uuid: string; suffix: string } | undefined {
+  const match = MSG_ID_PATTERN.exec(key);
+  if (!match) return undefined;
+  const id = match[1] ?? '';
+  const [, queue = '', uuid = ''] = id.split(':');
+  return { msgId: id, queue, uuid, suffix: match[2] ?? '' };
+}
+
+/** Ruby reads every stored number with `to_i`: leading integer, else 0. */
+export function rubyToI(value: string | null | undefined): number {
+  if (value === null || value === undefined) return 0;
+  const match = /^\s*[-+]?\d+/.exec(value);
+  return match ? Number.parseInt(match[0], 10) : 0;
+}

@@ -1,0 +1,169 @@
+import { decideFailure, retryAt } from './decide.js';
+import { KEY_SUFFIXES, allKeysOf, keyOf, rubyToI, type KeySuffix, type MessageRef } from './keys.js';
+import type {
+  AcquireParams,
+  AcquireResult,
+  ClaimParams,
+  ClaimResult,
+  DedupStore,
+  FailParams,
+  FailResult,
+} from './store.js';
+
+export interface MemoryDedupStoreOptions {
+  /** Seconds the `status` key outlives a processed message (Ruby `redis_status_key_expiry_interval`). */
+  statusKeyExpiryInterval?: number;
+  /** Milliseconds clock, injectable for tests of key expiry. */
+  now?: () => number;
+}
+
+interface Entry {
+  value: string;
+  expiresAtMs: number | undefined;
+}
+
+/**
+ * An in-process store with the same keys and string values as the Redis store. For unit tests and single
+ * process setups: it deduplicates only within one process, so it never replaces Redis across consumers.
+ */
+export class MemoryDedupStore implements DedupStore {
+  private readonly entries = new Map<string, Entry>();
+  private readonly statusKeyExpiryInterval: number;
+  private readonly clock: () => number;
+
+  constructor(options: MemoryDedupStoreOptions = {}) {
+    this.statusKeyExpiryInterval = options.statusKeyExpiryInterval ?? 0;
+    this.clock = options.now ?? Date.now;
+  }
+
+  /** Number of live keys, for tests and metrics. */
+  get size(): number {
+    for (const key of [...this.entries.keys()]) this.read(key);
+    return this.entries.size;
+  }
+
+  markCompletedIfNew(ref: MessageRef): Promise<boolean> {
+    if (this.statusKeyExpiryInterval <= 0) return Promise.resolve(true);
+    const key = keyOf(ref, 'status');
+    if (this.read(key) !== undefined) return Promise.resolve(false);
+    this.write(key, 'completed', this.statusKeyExpiryInterval);
+    return Promise.resolve(true);
+  }
+
+  claim(ref: MessageRef, params: ClaimParams): Promise<ClaimResult> {
+    const fresh = (['status', 'expires', 'timeout'] as const).every(
+      (s) => this.read(keyOf(ref, s)) === undefined,
+    );
+    if (fresh) {
+      this.write(keyOf(ref, 'status'), 'incomplete');
+      this.write(keyOf(ref, 'expires'), String(params.expiresAt));
+      this.write(keyOf(ref, 'timeout'), String(params.timeoutAt));
+      return Promise.resolve({ first: true, attempts: this.incr(keyOf(ref, 'attempts')) });
+    }
+    const optionalInt = (suffix: KeySuffix): number | undefined => {
+      const value = this.read(keyOf(ref, suffix));
+      return value === undefined ? undefined : rubyToI(value);
+    };
+    return Promise.resolve({
+      first: false,
+      state: {
+        status: this.read(keyOf(ref, 'status')),
+        delay: optionalInt('delay'),
+        timeout: optionalInt('timeout'),
+        attempts: rubyToI(this.read(keyOf(ref, 'attempts'))),
+        exceptions: rubyToI(this.read(keyOf(ref, 'exceptions'))),
+      },
+    });
+  }
+
+  acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
+    const mutexKey = keyOf(ref, 'mutex');
+    const held = this.read(mutexKey);
+    if (held !== undefined && rubyToI(held) + params.staleAfter >= params.now) {
+      return Promise.resolve({ acquired: false });
+    }
+    this.write(mutexKey, String(params.now));
+    this.write(keyOf(ref, 'timeout'), String(params.timeoutAt));
+    return Promise.resolve({ acquired: true, attempts: this.incr(keyOf(ref, 'attempts')) });
+  }
+
+  complete(ref: MessageRef): Promise<void> {
+    this.write(keyOf(ref, 'status'), 'completed');
+    this.write(keyOf(ref, 'timeout'), '0');
+    return Promise.resolve();
+  }
+
+  fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
+    const exceptions = this.incr(keyOf(ref, 'exceptions'));
+    const attempts = rubyToI(this.read(keyOf(ref, 'attempts')));
+    const outcome = decideFailure({ attempts, exceptions }, params);
+    if (outcome !== 'HandlerCrash') {
+      this.write(keyOf(ref, 'status'), 'completed');
+      this.write(keyOf(ref, 'timeout'), '0');
+      return Promise.resolve({ outcome, attempts, exceptions, delayUntil: undefined });
+    }
+    const delayUntil = retryAt(params, attempts);
+    this.entries.delete(keyOf(ref, 'mutex'));
+    this.write(keyOf(ref, 'timeout'), '0');
+    this.write(keyOf(ref, 'delay'), String(delayUntil));
+    return Promise.resolve({ outcome, attempts, exceptions, delayUntil });
+  }
+
+  acknowledged(ref: MessageRef, params: { readonly redundant: boolean }): Promise<void> {
+    // ">= 2 because increments are retried and the counter could exceed two" (Ruby).
+    if (params.redundant && this.incr(keyOf(ref, 'ack_count')) < 2) return Promise.resolve();
+    const keep = this.statusKeyExpiryInterval > 0 ? keyOf(ref, 'status') : undefined;
+    for (const key of allKeysOf(ref)) if (key !== keep) this.entries.delete(key);
+    // Ruby: DEL the other keys, then EXPIRE status (a no-op when status is already gone).
+    if (keep !== undefined) {
+      const status = this.read(keep);
+      if (status !== undefined) this.write(keep, status, this.statusKeyExpiryInterval);
+    }
+    return Promise.resolve();
+  }
+
+  inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>> {
+    const result: Partial<Record<KeySuffix, string>> = {};
+    for (const suffix of KEY_SUFFIXES) {
+      const value = this.read(keyOf(ref, suffix));
+      if (value !== undefined) result[suffix] = value;
+    }
+    return Promise.resolve(result);
+  }
+
+  /** Seconds to live of a key, -1 without expiry, -2 when missing (Redis `TTL` semantics). */
+  ttl(ref: MessageRef, suffix: KeySuffix): number {
+    const key = keyOf(ref, suffix);
+    if (this.read(key) === undefined) return -2;
+    const entry = this.entries.get(key);
+    if (entry?.expiresAtMs === undefined) return -1;
+    return Math.ceil((entry.expiresAtMs - this.clock()) / 1000);
+  }
+
+  close(): Promise<void> {
+    this.entries.clear();
+    return Promise.resolve();
+  }
+
+  private read(key: string): string | undefined {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAtMs !== undefined && entry.expiresAtMs <= this.clock()) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return entry.value;
+  }
+
+  private write(key: string, value: string, ttlSeconds?: number): void {
+    const expiresAtMs = ttlSeconds === undefined ? undefined : this.clock() + ttlSeconds * 1000;
+    this.entries.set(key, { value, expiresAtMs });
+  }
+
+  private incr(key: string): number {
+    const entry = this.entries.get(key);
+    const next = rubyToI(this.read(key)) + 1;
+    this.entries.set(key, { value: String(next), expiresAtMs: entry?.expiresAtMs });
+    return next;
+  }
+}

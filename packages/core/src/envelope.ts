@@ -1,0 +1,281 @@
+import { randomUUID } from 'node:crypto';
+import { MessageDecodingError } from './errors.js';
+import { DEFAULT_TTL } from './retry-policy.js';
+
+/** Beetle message format version 1 (Ruby `Beetle::Message::FORMAT_VERSION`). */
+export const FORMAT_VERSION = 1;
+export const FLAG_REDUNDANT = 1;
+export const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+
+/** AMQP field-table values as amqplib encodes them. */
+export type HeaderValue =
+  | string
+  | number
+  | boolean
+  | bigint
+  | Buffer
+  | Date
+  | readonly HeaderValue[]
+  | { readonly [key: string]: HeaderValue | null | undefined };
+
+/** User headers: `null` and `undefined` values are dropped, as Ruby drops `nil`. */
+export type Headers = Readonly<Record<string, HeaderValue | null | undefined>>;
+
+/** What may be published: bytes and strings go out verbatim; anything else is sent as JSON. */
+export type Payload = Buffer | Uint8Array | string | number | boolean | null | object;
+
+export interface EncodeOptions {
+  /** Caller-supplied message id (idempotent publishing); a lowercase UUID v4 is generated otherwise. */
+  messageId?: string;
+  redundant?: boolean;
+  /** Seconds until the message counts as `Ancient` (86400). */
+  ttl?: number;
+  headers?: Headers;
+  /** Delivery mode 2 unless false. */
+  persistent?: boolean;
+  contentType?: string;
+  priority?: number;
+  replyTo?: string;
+  /** Unix seconds; injectable for tests. */
+  now?: number;
+}
+
+/** Properties in amqplib's `Options.Publish` shape, exactly the format-1 envelope. */
+export interface EnvelopeProperties {
+  messageId: string;
+  timestamp: number;
+  headers: Record<string, HeaderValue>;
+  deliveryMode: 1 | 2;
+  contentType: string;
+  priority: number;
+  replyTo?: string;
+}
+
+export interface EncodedMessage {
+  readonly body: Buffer;
+  readonly properties: EnvelopeProperties;
+  readonly expiresAt: number;
+}
+
+export const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+
+export function encodeBody(payload: Payload): Buffer {
+  if (Buffer.isBuffer(payload)) return payload;
+  if (payload instanceof Uint8Array)
+    return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  if (typeof payload === 'string') return Buffer.from(payload, 'utf8');
+  return Buffer.from(JSON.stringify(payload), 'utf8');
+}
+
+/**
+ * Builds the format-1 envelope Ruby Beetle publishes (reference §3.1, §12): user headers first (nulls
+ * dropped), then `format_version`, `flags` and `expires_at` as AMQP strings.
+ */
+export function encodeMessage(payload: Payload, options: EncodeOptions = {}): EncodedMessage {
+  const now = options.now ?? nowSeconds();
+  const ttl = options.ttl ?? DEFAULT_TTL;
+  const expiresAt = now + Math.ceil(ttl);
+  const headers: Record<string, HeaderValue> = {};
+  for (const [key, value] of Object.entries(options.headers ?? {})) {
+    if (value !== null && value !== undefined) headers[key] = value;
+  }
+  headers.format_version = String(FORMAT_VERSION);
+  headers.flags = options.redundant ? String(FLAG_REDUNDANT) : '0';
+  headers.expires_at = String(expiresAt);
+  const properties: EnvelopeProperties = {
+    messageId: options.messageId ?? randomUUID(),
+    timestamp: now,
+    headers,
+    deliveryMode: options.persistent === false ? 1 : 2,
+    contentType: options.contentType ?? DEFAULT_CONTENT_TYPE,
+    priority: options.priority ?? 0,
+  };
+  if (options.replyTo !== undefined) properties.replyTo = options.replyTo;
+  return { body: encodeBody(payload), properties, expiresAt };
+}
+
+/** The parts of an AMQP delivery decoding needs (structurally compatible with amqplib's `ConsumeMessage`). */
+export interface RawDelivery {
+  readonly content: Buffer;
+  readonly fields: { readonly routingKey: string; readonly redelivered: boolean; readonly exchange: string };
+  readonly properties: {
+    readonly messageId?: unknown;
+    readonly timestamp?: unknown;
+    readonly headers?: Readonly<Record<string, unknown>> | undefined;
+    readonly replyTo?: unknown;
+    readonly contentType?: unknown;
+    readonly correlationId?: unknown;
+  };
+}
+
+/** Where a delivery came from. */
+export interface DeliverySource {
+  /** AMQP queue name. */
+  readonly queue: string;
+  /** Broker as `host:port`. */
+  readonly server: string;
+}
+
+/** A decoded Beetle message, as handlers see it. */
+export interface BeetleMessage {
+  /** The AMQP `message_id`; both copies of a redundant message share it. */
+  readonly uuid: string;
+  readonly timestamp: number | undefined;
+  readonly formatVersion: number;
+  readonly flags: number;
+  readonly redundant: boolean;
+  /** Unix seconds after which the message is `Ancient`. */
+  readonly expiresAt: number;
+  /** All AMQP headers, Beetle's included. */
+  readonly headers: Readonly<Record<string, unknown>>;
+  readonly body: Buffer;
+  /** The routing key it was published with, even after a trip through a dead letter queue. */
+  readonly routingKey: string;
+  readonly exchange: string;
+  readonly redelivered: boolean;
+  /** `x-delivery-count` (quorum queues), when present. */
+  readonly deliveryCount: number | undefined;
+  readonly replyTo: string | undefined;
+  readonly queue: string;
+  readonly server: string;
+  /** The body as UTF-8 text; throws `MessageDecodingError` on invalid UTF-8. */
+  text(): string;
+  /** The body parsed as JSON; throws `MessageDecodingError` on invalid UTF-8 or JSON. */
+  json<T = unknown>(): T;
+}
+
+export type DecodeResult =
+  | { readonly ok: true; readonly message: BeetleMessage }
+  | { readonly ok: false; readonly error: MessageDecodingError };
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+function describe(value: unknown): string {
+  try {
+    return (JSON.stringify(value) ?? typeof value).slice(0, 40);
+  } catch {
+    return typeof value;
+  }
+}
+
+/** Ruby reads headers with `to_i`, so strings and integers both work; we also insist they are integers. */
+function integerHeader(headers: Readonly<Record<string, unknown>>, name: string): number {
+  const value = headers[name];
+  if (typeof value === 'number' && Number.isSafeInteger(value)) return value;
+  if (typeof value === 'bigint') return Number(value);
+  const text = Buffer.isBuffer(value) ? value.toString('utf8') : value;
+  if (typeof text === 'string' && /^\s*-?\d{1,16}\s*$/.test(text)) return Number.parseInt(text, 10);
+  throw new MessageDecodingError(
+    value === undefined
+      ? `header ${name} is missing`
+      : `header ${name} must be an integer, got ${typeof value} ${describe(value)}`,
+  );
+}
+
+/** Ruby `Message#routing_key`: the last x-death record's first routing key, else the delivery's. */
+export function originalRoutingKey(headers: Readonly<Record<string, unknown>>, routingKey: string): string {
+  const xDeath = headers['x-death'];
+  if (Array.isArray(xDeath) && xDeath.length > 0) {
+    const last: unknown = xDeath[xDeath.length - 1];
+    if (typeof last === 'object' && last !== null) {
+      const keys = (last as Record<string, unknown>)['routing-keys'];
+      if (Array.isArray(keys) && typeof keys[0] === 'string') return keys[0];
+    }
+  }
+  return routingKey;
+}
+
+class DecodedMessage implements BeetleMessage {
+  constructor(
+    readonly uuid: string,
+    readonly timestamp: number | undefined,
+    readonly formatVersion: number,
+    readonly flags: number,
+    readonly expiresAt: number,
+    readonly headers: Readonly<Record<string, unknown>>,
+    readonly body: Buffer,
+    readonly routingKey: string,
+    readonly exchange: string,
+    readonly redelivered: boolean,
+    readonly deliveryCount: number | undefined,
+    readonly replyTo: string | undefined,
+    readonly queue: string,
+    readonly server: string,
+  ) {}
+
+  get redundant(): boolean {
+    return (this.flags & FLAG_REDUNDANT) === FLAG_REDUNDANT;
+  }
+
+  text(): string {
+    try {
+      return strictUtf8.decode(this.body);
+    } catch (cause) {
+      throw new MessageDecodingError(`message ${this.uuid}: body is not valid UTF-8`, { cause });
+    }
+  }
+
+  json<T = unknown>(): T {
+    const text = this.text();
+    try {
+      return JSON.parse(text) as T;
+    } catch (cause) {
+      throw new MessageDecodingError(`message ${this.uuid}: body is not valid JSON`, { cause });
+    }
+  }
+}
+
+/**
+ * Decodes a delivery. Stricter than Ruby (reference §3.3, weak spot 17): a missing message id, missing
+ * headers or a missing/non-integer Beetle header is a decoding failure (the `DecodingError` outcome), not a
+ * silent `Ancient` or a shared dedup key. Never throws.
+ */
+export function decodeMessage(raw: RawDelivery, source: DeliverySource): DecodeResult {
+  try {
+    const { properties, fields } = raw;
+    const uuid = properties.messageId;
+    if (typeof uuid !== 'string' || uuid.length === 0) {
+      throw new MessageDecodingError('message_id is missing');
+    }
+    if (uuid.includes(':')) throw new MessageDecodingError(`message_id ${JSON.stringify(uuid)} contains ":"`);
+    const headers = properties.headers;
+    if (headers === undefined || headers === null || typeof headers !== 'object') {
+      throw new MessageDecodingError(`message ${uuid} has no headers`);
+    }
+    const timestamp = typeof properties.timestamp === 'number' ? properties.timestamp : undefined;
+    const deliveryCountValue = headers['x-delivery-count'];
+    const deliveryCount =
+      typeof deliveryCountValue === 'number' && Number.isSafeInteger(deliveryCountValue)
+        ? deliveryCountValue
+        : undefined;
+    return {
+      ok: true,
+      message: new DecodedMessage(
+        uuid,
+        timestamp,
+        integerHeader(headers, 'format_version'),
+        integerHeader(headers, 'flags'),
+        integerHeader(headers, 'expires_at'),
+        headers,
+        raw.content,
+        originalRoutingKey(headers, fields.routingKey),
+        fields.exchange,
+        fields.redelivered,
+        deliveryCount,
+        typeof properties.replyTo === 'string' ? properties.replyTo : undefined,
+        source.queue,
+        source.server,
+      ),
+    };
+  } catch (cause) {
+    const error =
+      cause instanceof MessageDecodingError
+        ? cause
+        : new MessageDecodingError(`undecodable message: ${String(cause)}`, { cause });
+    return { ok: false, error };
+  }
+}
+
+/** Ruby `expired?`: strictly before now. */
+export const isExpired = (message: Pick<BeetleMessage, 'expiresAt'>, now: number): boolean =>
+  message.expiresAt < now;

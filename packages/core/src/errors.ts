@@ -1,0 +1,125 @@
+/**
+ * Every error Beetle raises is a `BeetleError` with a machine-readable `reason`, so callers can branch on
+ * `err.reason` instead of parsing messages (the shape of Effect's SQL errors). Subclasses group reasons by
+ * who has to act: the programmer (configuration), the operator (brokers, Redis) or the caller (publish).
+ */
+export type BeetleErrorReason =
+  | 'configuration'
+  | 'unknown-message'
+  | 'unknown-queue'
+  | 'no-message-sent'
+  | 'no-redis-master'
+  | 'decoding'
+  | 'broker-connect'
+  | 'broker-closed'
+  | 'broker-timeout'
+  | 'broker-blocked'
+  | 'publish-timeout'
+  | 'policy-request'
+  | 'closed'
+  | 'timeout';
+
+export interface BeetleErrorOptions {
+  cause?: unknown;
+}
+
+export class BeetleError extends Error {
+  readonly reason: BeetleErrorReason;
+
+  constructor(reason: BeetleErrorReason, message: string, options: BeetleErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.reason = reason;
+  }
+}
+
+/** Wrong or inconsistent configuration: unknown keys, wrong types, duplicate registrations. */
+export class ConfigurationError extends BeetleError {
+  /** The configuration key (dotted path) at fault, when there is one. */
+  readonly key: string | undefined;
+
+  constructor(message: string, options: BeetleErrorOptions & { key?: string } = {}) {
+    super('configuration', message, options);
+    this.key = options.key;
+  }
+}
+
+export class UnknownMessageError extends BeetleError {
+  constructor(readonly messageName: string) {
+    super('unknown-message', `unknown message ${JSON.stringify(messageName)}: register it first`);
+  }
+}
+
+export class UnknownQueueError extends BeetleError {
+  constructor(readonly queueName: string) {
+    super('unknown-queue', `unknown queue ${JSON.stringify(queueName)}: register it first`);
+  }
+}
+
+/** A publish reached no broker. `errors` holds what each broker attempt failed with. */
+export class NoMessageSentError extends BeetleError {
+  constructor(
+    readonly messageName: string,
+    readonly errors: readonly unknown[] = [],
+  ) {
+    super('no-message-sent', `message ${JSON.stringify(messageName)} could not be sent to any broker`, {
+      cause: errors.at(-1),
+    });
+  }
+}
+
+/** The dedup store stayed unreachable for `redisFailoverTimeout`. */
+export class NoRedisMasterError extends BeetleError {
+  constructor(message: string, options: BeetleErrorOptions = {}) {
+    super('no-redis-master', message, options);
+  }
+}
+
+/** A delivery that is not a valid Beetle message (missing headers, non-numeric values, no message id). */
+export class MessageDecodingError extends BeetleError {
+  constructor(message: string, options: BeetleErrorOptions = {}) {
+    super('decoding', message, options);
+  }
+}
+
+/** A broker-level failure: connect, closed connection or channel, timeout, flow control. */
+export class BrokerError extends BeetleError {
+  constructor(
+    reason: Extract<
+      BeetleErrorReason,
+      'broker-connect' | 'broker-closed' | 'broker-timeout' | 'broker-blocked'
+    >,
+    readonly server: string,
+    message: string,
+    options: BeetleErrorOptions = {},
+  ) {
+    super(reason, `${server}: ${message}`, options);
+  }
+}
+
+/** A publish that could not complete within its timeout (back-pressure, blocked or silent brokers). */
+export class PublishTimeoutError extends BeetleError {
+  constructor(message: string, options: BeetleErrorOptions = {}) {
+    super('publish-timeout', message, options);
+  }
+}
+
+/** A RabbitMQ management API request answered with an unexpected status. */
+export class PolicyRequestError extends BeetleError {
+  constructor(
+    readonly status: number,
+    message: string,
+    options: BeetleErrorOptions = {},
+  ) {
+    super('policy-request', message, options);
+  }
+}
+
+/** An operation on something already closed or stopping. */
+export class ClosedError extends BeetleError {
+  constructor(message: string) {
+    super('closed', message);
+  }
+}
+
+export const isBeetleError = (value: unknown): value is BeetleError => value instanceof BeetleError;

@@ -1,0 +1,34 @@
+export * from './errors.js';
+export * from './outcomes.js';
+export * from './retry-policy.js';
+export * from './envelope.js';
+export * from './topology.js';
+export * from './logger.js';
+export {
+  brokerAddress,
+  configFromEnv,
+  configOptions,
+  createConfig,
+  DEFAULT_AMQP_PORT,
+  defaultConfig,
+  ignoredFileKeys,
+  loadConfigFile,
+  parseConfigFile,
+  parseServerAddress,
+  parseServerList,
+  type BeetleConfig,
+  type BeetleConfigInput,
+  type BrokerAddress,
+  type ConfigOptionInfo,
+  type ConfigReadOptions,
+  type IgnoredConfigKey,
+  type OptionName,
+  type OptionType,
+  type OptionUnit,
+  type ServerConnectionOptions,
+  type ServerHeartbeat,
+} from './config/index.js';
+export * from './dedup/keys.js';
+export type * from './dedup/store.js';
+export { decideFailure, retryAt } from './dedup/decide.js';
+export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';

@@ -1,0 +1,730 @@
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { KEY_SUFFIXES, keyOf, type KeySuffix, type MessageRef } from '../dedup/keys.js';
+import type { DedupStore, FailParams } from '../dedup/store.js';
+
+/** What the contract suite asks a factory for. */
+export interface DedupStoreFactoryOptions {
+  /** Seconds the `status` key outlives a processed message (Ruby `redis_status_key_expiry_interval`). */
+  readonly statusKeyExpiryInterval: number;
+}
+
+/**
+ * A store under test plus optional hooks that read (or write) its keys behind its back. Stores that keep Ruby
+ * Beetle's keys should provide them so the suite can check exact key names, values and TTLs.
+ */
+export interface DedupStoreUnderTest {
+  readonly store: DedupStore;
+  /** Every stored key of the message (`msgid:<queue>:<uuid>:*`), full key name → raw value. */
+  rawKeys?(ref: MessageRef): Promise<Record<string, string>> | Record<string, string>;
+  /** Seconds to live of one key with Redis `TTL` semantics: -1 without expiry, -2 when missing. */
+  ttl?(ref: MessageRef, suffix: KeySuffix): Promise<number> | number;
+  /** Writes raw values (as Ruby would: plain strings, no TTL), for states the interface cannot reach. */
+  seed?(ref: MessageRef, values: Partial<Record<KeySuffix, string>>): Promise<void> | void;
+  /** Releases the store after each test; defaults to `store.close()`. */
+  dispose?(): Promise<void> | void;
+}
+
+/** Creates a fresh store for each test; may return the bare store when it has no hooks. */
+export type DedupStoreFactory = (
+  options: DedupStoreFactoryOptions,
+) => DedupStore | DedupStoreUnderTest | Promise<DedupStore | DedupStoreUnderTest>;
+
+const isStore = (value: DedupStore | DedupStoreUnderTest): value is DedupStore =>
+  typeof (value as Partial<DedupStore>).claim === 'function';
+
+const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A message nobody else uses: tests may share one Redis database, even across processes. */
+const freshRef = (queue = `contract-${randomUUID().slice(0, 8)}`): MessageRef => ({
+  queue,
+  uuid: randomUUID(),
+});
+
+/** The failure parameters of a handler with generous limits (so the retry branch is taken). */
+const retryable = (overrides: Partial<FailParams> = {}): FailParams => ({
+  now: nowSeconds(),
+  attemptsLimit: 10,
+  exceptionsLimit: 9,
+  accepted: true,
+  delay: 10,
+  maxDelay: undefined,
+  ...overrides,
+});
+
+/**
+ * The behaviour every `DedupStore` must show, derived from Ruby Beetle's deduplication store (reference §4):
+ * key schema and value encodings, the state-machine steps, the failure decision, acknowledgement counting,
+ * status-key expiry, the mutex, and atomicity under concurrent calls.
+ *
+ * ```ts
+ * import { describeDedupStoreContract } from '@beetle/core/testing';
+ * describeDedupStoreContract('MyStore', ({ statusKeyExpiryInterval }) => new MyStore({ statusKeyExpiryInterval }));
+ * ```
+ */
+export function describeDedupStoreContract(name: string, factory: DedupStoreFactory): void {
+  describe(`DedupStore contract: ${name}`, () => {
+    /** Builds the per-test fixture for one status-key expiry interval. */
+    const withStore = (statusKeyExpiryInterval: number): { current: () => DedupStoreUnderTest } => {
+      let underTest: DedupStoreUnderTest | undefined;
+      beforeEach(async () => {
+        const created = await factory({ statusKeyExpiryInterval });
+        underTest = isStore(created) ? { store: created } : created;
+      });
+      afterEach(async () => {
+        const done = underTest;
+        underTest = undefined;
+        if (done === undefined) return;
+        if (done.dispose) await done.dispose();
+        else await done.store.close();
+      });
+      return {
+        current: () => {
+          if (underTest === undefined) throw new Error('store not created');
+          return underTest;
+        },
+      };
+    };
+
+    /** Checks the message's keys: via the store's `inspect` always, and via `rawKeys` when available. */
+    const expectKeys = async (
+      subject: DedupStoreUnderTest,
+      ref: MessageRef,
+      expected: Partial<Record<KeySuffix, string>>,
+    ): Promise<void> => {
+      expect(await subject.store.inspect(ref)).toEqual(expected);
+      if (subject.rawKeys) {
+        const raw: Record<string, string> = {};
+        for (const [suffix, value] of Object.entries(expected)) raw[keyOf(ref, suffix as KeySuffix)] = value;
+        expect(await subject.rawKeys(ref)).toEqual(raw);
+      }
+    };
+
+    describe('key schema and first sighting', () => {
+      const fixture = withStore(0);
+
+      it('claims a new message: attempts=1, status=incomplete, expires and timeout stored', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        const result = await subject.store.claim(ref, { expiresAt: now + 86_400, timeoutAt: now + 600 });
+        expect(result).toEqual({ first: true, attempts: 1 });
+        await expectKeys(subject, ref, {
+          status: 'incomplete',
+          expires: String(now + 86_400),
+          timeout: String(now + 600),
+          attempts: '1',
+        });
+        if (subject.ttl) {
+          for (const suffix of ['status', 'expires', 'timeout', 'attempts'] as const) {
+            expect(await subject.ttl(ref, suffix)).toBe(-1);
+          }
+          expect(await subject.ttl(ref, 'mutex')).toBe(-2);
+        }
+      });
+
+      it('uses the key names msgid:<queue>:<uuid>:<suffix>', () => {
+        const ref = { queue: 'test', uuid: '1b60cd6e-bf56-48d0-81b0-45187e693d54' };
+        expect(KEY_SUFFIXES.map((suffix) => keyOf(ref, suffix))).toEqual([
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:status',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:ack_count',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:timeout',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:delay',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:attempts',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:exceptions',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:mutex',
+          'msgid:test:1b60cd6e-bf56-48d0-81b0-45187e693d54:expires',
+        ]);
+      });
+
+      it('returns the stored state on a second claim without changing anything', async () => {
+        const { store } = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        const second = await store.claim(ref, { expiresAt: now + 999, timeoutAt: now + 999 });
+        expect(second).toEqual({
+          first: false,
+          state: { status: 'incomplete', delay: undefined, timeout: now + 600, attempts: 1, exceptions: 0 },
+        });
+        expect(await store.inspect(ref)).toEqual({
+          status: 'incomplete',
+          expires: String(now + 100),
+          timeout: String(now + 600),
+          attempts: '1',
+        });
+      });
+
+      it('returns undefined/0 for missing keys and an empty inspect for unknown messages', async () => {
+        const { store } = fixture.current();
+        expect(await store.inspect(freshRef())).toEqual({});
+      });
+
+      it('keeps messages independent: other queue, other uuid', async () => {
+        const { store } = fixture.current();
+        const a = freshRef();
+        const sameUuidOtherQueue = { queue: `${a.queue}-other`, uuid: a.uuid };
+        const otherUuidSameQueue = freshRef(a.queue);
+        const now = nowSeconds();
+        const params = { expiresAt: now + 100, timeoutAt: now + 600 };
+        expect(await store.claim(a, params)).toEqual({ first: true, attempts: 1 });
+        expect(await store.claim(sameUuidOtherQueue, params)).toEqual({ first: true, attempts: 1 });
+        expect(await store.claim(otherUuidSameQueue, params)).toEqual({ first: true, attempts: 1 });
+        await store.complete(a);
+        await store.acknowledged(a, { redundant: false });
+        expect(await store.inspect(a)).toEqual({});
+        for (const other of [sameUuidOtherQueue, otherUuidSameQueue]) {
+          expect(await store.inspect(other)).toEqual({
+            status: 'incomplete',
+            expires: String(now + 100),
+            timeout: String(now + 600),
+            attempts: '1',
+          });
+        }
+        const fail = await store.fail(sameUuidOtherQueue, retryable({ now }));
+        expect(fail.outcome).toBe('HandlerCrash');
+        expect((await store.inspect(otherUuidSameQueue)).exceptions).toBeUndefined();
+      });
+    });
+
+    describe('completion and acknowledgement', () => {
+      const fixture = withStore(0);
+
+      it('complete() sets status=completed and timeout=0, leaving the other keys', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.complete(ref);
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+        });
+        const again = await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        expect(again).toEqual({
+          first: false,
+          state: { status: 'completed', delay: undefined, timeout: 0, attempts: 1, exceptions: 0 },
+        });
+      });
+
+      it('non-redundant: acknowledged() deletes every key', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.fail(ref, retryable({ now }));
+        await subject.store.acquire(ref, { now, timeoutAt: now + 600, staleAfter: 610 });
+        await subject.store.complete(ref);
+        expect(Object.keys(await subject.store.inspect(ref)).sort()).toEqual(
+          ['attempts', 'delay', 'exceptions', 'expires', 'mutex', 'status', 'timeout'].sort(),
+        );
+        await subject.store.acknowledged(ref, { redundant: false });
+        await expectKeys(subject, ref, {});
+      });
+
+      it('redundant: the first ack counts (ack_count=1, keys kept), the second deletes every key', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.complete(ref);
+        await subject.store.acknowledged(ref, { redundant: true });
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+          ack_count: '1',
+        });
+        // The second copy: seen before, completed, acked.
+        const second = await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 700 });
+        expect(second.first).toBe(false);
+        if (!second.first) expect(second.state.status).toBe('completed');
+        await subject.store.acknowledged(ref, { redundant: true });
+        await expectKeys(subject, ref, {});
+      });
+
+      it('redundant: a count already at 2 or more (retried increments) deletes at the next ack', async () => {
+        const subject = fixture.current();
+        if (!subject.seed) return; // needs raw writes: the interface cannot push ack_count past 2
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.complete(ref);
+        await subject.seed(ref, { ack_count: '5' });
+        await subject.store.acknowledged(ref, { redundant: true });
+        await expectKeys(subject, ref, {});
+      });
+
+      it('redundant: an ack of a message nobody claimed only counts', async () => {
+        const { store } = fixture.current();
+        const ref = freshRef();
+        await store.acknowledged(ref, { redundant: true });
+        expect(await store.inspect(ref)).toEqual({ ack_count: '1' });
+        await store.acknowledged(ref, { redundant: true });
+        expect(await store.inspect(ref)).toEqual({});
+      });
+    });
+
+    describe('status-key expiry disabled (interval 0)', () => {
+      const fixture = withStore(0);
+
+      it('markCompletedIfNew() always allows the run and writes nothing', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(true);
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(true);
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(true);
+        await expectKeys(subject, ref, {});
+        const now = nowSeconds();
+        expect(await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 })).toEqual({
+          first: true,
+          attempts: 1,
+        });
+      });
+    });
+
+    describe('status-key expiry (interval 300)', () => {
+      const fixture = withStore(300);
+
+      it('markCompletedIfNew() allows the first run only and keeps status=completed with the TTL', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(true);
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(false);
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(false);
+        await expectKeys(subject, ref, { status: 'completed' });
+        if (subject.ttl) {
+          const ttl = await subject.ttl(ref, 'status');
+          expect(ttl).toBeGreaterThan(0);
+          expect(ttl).toBeLessThanOrEqual(300);
+        }
+        // Another queue deduplicates independently.
+        expect(await subject.store.markCompletedIfNew({ queue: `${ref.queue}-other`, uuid: ref.uuid })).toBe(
+          true,
+        );
+      });
+
+      it('non-redundant: acknowledged() keeps only status=completed, with the TTL', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.fail(ref, retryable({ now }));
+        await subject.store.acquire(ref, { now, timeoutAt: now + 600, staleAfter: 610 });
+        await subject.store.complete(ref);
+        await subject.store.acknowledged(ref, { redundant: false });
+        await expectKeys(subject, ref, { status: 'completed' });
+        if (subject.ttl) {
+          const ttl = await subject.ttl(ref, 'status');
+          expect(ttl).toBeGreaterThan(0);
+          expect(ttl).toBeLessThanOrEqual(300);
+        }
+        // A late redelivery sees the completed status and does not run the handler again.
+        const late = await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        expect(late).toEqual({
+          first: false,
+          state: { status: 'completed', delay: undefined, timeout: undefined, attempts: 0, exceptions: 0 },
+        });
+        expect(await subject.store.markCompletedIfNew(ref)).toBe(false);
+      });
+
+      it('redundant: the status key gets its TTL only at the second ack', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.complete(ref);
+        await subject.store.acknowledged(ref, { redundant: true });
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+          ack_count: '1',
+        });
+        if (subject.ttl) expect(await subject.ttl(ref, 'status')).toBe(-1);
+        await subject.store.acknowledged(ref, { redundant: true });
+        await expectKeys(subject, ref, { status: 'completed' });
+        if (subject.ttl) {
+          const ttl = await subject.ttl(ref, 'status');
+          expect(ttl).toBeGreaterThan(0);
+          expect(ttl).toBeLessThanOrEqual(300);
+        }
+      });
+    });
+
+    describe('status-key expiry (interval 1)', () => {
+      const fixture = withStore(1);
+
+      it('the kept status key disappears after the interval', async () => {
+        const { store } = fixture.current();
+        const simple = freshRef();
+        const full = freshRef();
+        const now = nowSeconds();
+        expect(await store.markCompletedIfNew(simple)).toBe(true);
+        await store.claim(full, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await store.complete(full);
+        await store.acknowledged(full, { redundant: false });
+        expect(await store.inspect(simple)).toEqual({ status: 'completed' });
+        expect(await store.inspect(full)).toEqual({ status: 'completed' });
+        await sleep(1_300);
+        expect(await store.inspect(simple)).toEqual({});
+        expect(await store.inspect(full)).toEqual({});
+        expect(await store.markCompletedIfNew(simple)).toBe(true);
+      });
+    });
+
+    describe('fail()', () => {
+      const fixture = withStore(0);
+
+      const claimed = async (store: DedupStore, now: number): Promise<MessageRef> => {
+        const ref = freshRef();
+        await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        return ref;
+      };
+
+      it('checks the attempts limit first', async () => {
+        const subject = fixture.current();
+        const now = nowSeconds();
+        const ref = await claimed(subject.store, now);
+        const result = await subject.store.fail(
+          ref,
+          retryable({ now, attemptsLimit: 1, exceptionsLimit: 0, accepted: false }),
+        );
+        expect(result).toEqual({
+          outcome: 'AttemptsLimitReached',
+          attempts: 1,
+          exceptions: 1,
+          delayUntil: undefined,
+        });
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+          exceptions: '1',
+        });
+      });
+
+      it('checks the exceptions limit before retryOn', async () => {
+        const subject = fixture.current();
+        const now = nowSeconds();
+        const ref = await claimed(subject.store, now);
+        const result = await subject.store.fail(
+          ref,
+          retryable({ now, attemptsLimit: 3, exceptionsLimit: 0, accepted: false }),
+        );
+        expect(result).toEqual({
+          outcome: 'ExceptionsLimitReached',
+          attempts: 1,
+          exceptions: 1,
+          delayUntil: undefined,
+        });
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+          exceptions: '1',
+        });
+      });
+
+      it('completes the message when retryOn refuses the error', async () => {
+        const subject = fixture.current();
+        const now = nowSeconds();
+        const ref = await claimed(subject.store, now);
+        const result = await subject.store.fail(
+          ref,
+          retryable({ now, attemptsLimit: 3, exceptionsLimit: 2, accepted: false }),
+        );
+        expect(result).toEqual({
+          outcome: 'ExceptionNotAccepted',
+          attempts: 1,
+          exceptions: 1,
+          delayUntil: undefined,
+        });
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+          exceptions: '1',
+        });
+      });
+
+      it('schedules a retry: mutex deleted, timeout=0, delay=now+delay', async () => {
+        const subject = fixture.current();
+        const now = nowSeconds();
+        const ref = await claimed(subject.store, now);
+        const first = await subject.store.fail(ref, retryable({ now, attemptsLimit: 3, exceptionsLimit: 2 }));
+        expect(first).toEqual({ outcome: 'HandlerCrash', attempts: 1, exceptions: 1, delayUntil: now + 10 });
+        await expectKeys(subject, ref, {
+          status: 'incomplete',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+          exceptions: '1',
+          delay: String(now + 10),
+        });
+        // The retry holds the mutex; its failure releases it.
+        const later = now + 11;
+        expect(
+          await subject.store.acquire(ref, { now: later, timeoutAt: later + 600, staleAfter: 610 }),
+        ).toEqual({
+          acquired: true,
+          attempts: 2,
+        });
+        expect((await subject.store.inspect(ref)).mutex).toBe(String(later));
+        const second = await subject.store.fail(
+          ref,
+          retryable({ now: later, attemptsLimit: 3, exceptionsLimit: 2, delay: 5 }),
+        );
+        expect(second).toEqual({
+          outcome: 'HandlerCrash',
+          attempts: 2,
+          exceptions: 2,
+          delayUntil: later + 5,
+        });
+        await expectKeys(subject, ref, {
+          status: 'incomplete',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '2',
+          exceptions: '2',
+          delay: String(later + 5),
+        });
+        const state = await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        expect(state).toEqual({
+          first: false,
+          state: { status: 'incomplete', delay: later + 5, timeout: 0, attempts: 2, exceptions: 2 },
+        });
+        // The third run reaches the attempts limit.
+        await subject.store.acquire(ref, { now: later + 6, timeoutAt: later + 606, staleAfter: 610 });
+        const third = await subject.store.fail(
+          ref,
+          retryable({ now: later + 6, attemptsLimit: 3, exceptionsLimit: 2 }),
+        );
+        expect(third).toEqual({
+          outcome: 'AttemptsLimitReached',
+          attempts: 3,
+          exceptions: 3,
+          delayUntil: undefined,
+        });
+        const final = await subject.store.inspect(ref);
+        expect(final).toMatchObject({ status: 'completed', timeout: '0', attempts: '3', exceptions: '3' });
+      });
+
+      it("reproduces Ruby's worked example (delay 42, timeout 10, exceptions 1, now 10)", async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = 10;
+        await subject.store.claim(ref, { expiresAt: nowSeconds() + 100, timeoutAt: now + 10 });
+        const result = await subject.store.fail(ref, {
+          now,
+          attemptsLimit: 2,
+          exceptionsLimit: 1,
+          accepted: true,
+          delay: 42,
+          maxDelay: undefined,
+        });
+        expect(result).toEqual({ outcome: 'HandlerCrash', attempts: 1, exceptions: 1, delayUntil: 52 });
+        const keys = await subject.store.inspect(ref);
+        expect(keys).toMatchObject({ exceptions: '1', timeout: '0', delay: '52', attempts: '1' });
+      });
+
+      it('computes exponential backoff from the attempts counter (delay 3, max 30 and max 10, now 1)', async () => {
+        const { store } = fixture.current();
+        for (const [maxDelay, expected] of [
+          [30, [4, 7, 13, 25]],
+          [10, [4, 7, 11, 11]],
+        ] as const) {
+          // Ruby's test reads attempts n=0..3; here attempts counts the runs, so n=0 is a failure before any run.
+          const bare = freshRef();
+          const zero = await store.fail(bare, retryable({ now: 1, delay: 3, maxDelay }));
+          expect(zero).toEqual({
+            outcome: 'HandlerCrash',
+            attempts: 0,
+            exceptions: 1,
+            delayUntil: expected[0],
+          });
+          expect((await store.inspect(bare)).delay).toBe(String(expected[0]));
+
+          const ref = freshRef();
+          await store.claim(ref, { expiresAt: nowSeconds() + 100, timeoutAt: 601 });
+          const delays: number[] = [];
+          for (let run = 1; run <= 3; run++) {
+            if (run > 1) await store.acquire(ref, { now: 1, timeoutAt: 601, staleAfter: 610 });
+            const result = await store.fail(ref, retryable({ now: 1, delay: 3, maxDelay }));
+            expect(result.attempts).toBe(run);
+            expect((await store.inspect(ref)).delay).toBe(String(result.delayUntil));
+            delays.push(result.delayUntil ?? Number.NaN);
+          }
+          expect(delays).toEqual(expected.slice(1));
+        }
+      });
+
+      it('uses the linear delay when maxDelay is undefined', async () => {
+        const { store } = fixture.current();
+        const ref = freshRef();
+        await store.claim(ref, { expiresAt: nowSeconds() + 100, timeoutAt: 601 });
+        const delays: (number | undefined)[] = [];
+        for (let run = 1; run <= 3; run++) {
+          if (run > 1) await store.acquire(ref, { now: 100, timeoutAt: 700, staleAfter: 610 });
+          delays.push((await store.fail(ref, retryable({ now: 100, delay: 7 }))).delayUntil);
+        }
+        expect(delays).toEqual([107, 107, 107]);
+      });
+    });
+
+    describe('acquire()', () => {
+      const fixture = withStore(0);
+
+      const crashedOnce = async (store: DedupStore, now: number): Promise<MessageRef> => {
+        const ref = freshRef();
+        await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await store.fail(ref, retryable({ now }));
+        return ref;
+      };
+
+      it('takes a free mutex: attempts incremented, timeout and mutex set', async () => {
+        const subject = fixture.current();
+        const now = nowSeconds();
+        const ref = await crashedOnce(subject.store, now);
+        const result = await subject.store.acquire(ref, {
+          now: now + 20,
+          timeoutAt: now + 620,
+          staleAfter: 610,
+        });
+        expect(result).toEqual({ acquired: true, attempts: 2 });
+        await expectKeys(subject, ref, {
+          status: 'incomplete',
+          expires: String(now + 100),
+          timeout: String(now + 620),
+          attempts: '2',
+          exceptions: '1',
+          delay: String(now + 10),
+          mutex: String(now + 20),
+        });
+      });
+
+      it('refuses a held, fresh mutex and does NOT delete it (unlike Ruby)', async () => {
+        const { store } = fixture.current();
+        const now = nowSeconds();
+        const ref = await crashedOnce(store, now);
+        expect(await store.acquire(ref, { now, timeoutAt: now + 600, staleAfter: 610 })).toEqual({
+          acquired: true,
+          attempts: 2,
+        });
+        const before = await store.inspect(ref);
+        expect(await store.acquire(ref, { now: now + 5, timeoutAt: now + 605, staleAfter: 610 })).toEqual({
+          acquired: false,
+        });
+        // A third competitor is refused too: the mutex survived the refusal.
+        expect(await store.acquire(ref, { now: now + 6, timeoutAt: now + 606, staleAfter: 610 })).toEqual({
+          acquired: false,
+        });
+        // Boundary: exactly staleAfter seconds old still counts as held.
+        expect(await store.acquire(ref, { now: now + 610, timeoutAt: now + 1210, staleAfter: 610 })).toEqual({
+          acquired: false,
+        });
+        expect(await store.inspect(ref)).toEqual(before);
+      });
+
+      it('takes over a stale mutex (older than staleAfter)', async () => {
+        const { store } = fixture.current();
+        const now = nowSeconds();
+        const ref = await crashedOnce(store, now);
+        await store.acquire(ref, { now, timeoutAt: now + 600, staleAfter: 610 });
+        const later = now + 611;
+        expect(await store.acquire(ref, { now: later, timeoutAt: later + 600, staleAfter: 610 })).toEqual({
+          acquired: true,
+          attempts: 3,
+        });
+        expect(await store.inspect(ref)).toMatchObject({
+          mutex: String(later),
+          timeout: String(later + 600),
+          attempts: '3',
+        });
+      });
+
+      it('works on a message whose mutex was released by fail()', async () => {
+        const { store } = fixture.current();
+        const now = nowSeconds();
+        const ref = await crashedOnce(store, now);
+        await store.acquire(ref, { now, timeoutAt: now + 600, staleAfter: 610 });
+        await store.fail(ref, retryable({ now }));
+        expect((await store.inspect(ref)).mutex).toBeUndefined();
+        expect(await store.acquire(ref, { now: now + 1, timeoutAt: now + 601, staleAfter: 610 })).toEqual({
+          acquired: true,
+          attempts: 3,
+        });
+      });
+    });
+
+    describe('concurrency', () => {
+      const fixture = withStore(0);
+      const N = 25;
+
+      it(`${N} concurrent claims of one message: exactly one first sighting`, async () => {
+        const { store } = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        const results = await Promise.all(
+          Array.from({ length: N }, (_, i) =>
+            store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 + i }),
+          ),
+        );
+        const firsts = results.filter((result) => result.first);
+        expect(firsts).toEqual([{ first: true, attempts: 1 }]);
+        for (const result of results) {
+          if (!result.first) expect(result.state).toMatchObject({ status: 'incomplete', attempts: 1 });
+        }
+        expect((await store.inspect(ref)).attempts).toBe('1');
+      });
+
+      it(`${N} concurrent acquires of one message: exactly one acquired`, async () => {
+        const { store } = fixture.current();
+        const now = nowSeconds();
+        const ref = freshRef();
+        await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await store.fail(ref, retryable({ now }));
+        const results = await Promise.all(
+          Array.from({ length: N }, () =>
+            store.acquire(ref, { now: now + 11, timeoutAt: now + 611, staleAfter: 610 }),
+          ),
+        );
+        expect(results.filter((result) => result.acquired)).toEqual([{ acquired: true, attempts: 2 }]);
+        expect((await store.inspect(ref)).attempts).toBe('2');
+      });
+
+      it(`${N} messages handled concurrently do not interfere`, async () => {
+        const { store } = fixture.current();
+        const now = nowSeconds();
+        const refs = Array.from({ length: N }, () => freshRef());
+        const outcomes = await Promise.all(
+          refs.map(async (ref, i) => {
+            const claim = await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+            if (i % 2 === 0) {
+              await store.complete(ref);
+              await store.acknowledged(ref, { redundant: false });
+              return claim;
+            }
+            await store.fail(ref, retryable({ now }));
+            return claim;
+          }),
+        );
+        expect(outcomes.every((claim) => claim.first)).toBe(true);
+        for (const [i, ref] of refs.entries()) {
+          const keys = await store.inspect(ref);
+          if (i % 2 === 0) expect(keys).toEqual({});
+          else expect(keys).toMatchObject({ status: 'incomplete', exceptions: '1', delay: String(now + 10) });
+        }
+      });
+    });
+  });
+}

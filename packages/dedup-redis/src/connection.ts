@@ -1,0 +1,485 @@
+import { readFile, stat } from 'node:fs/promises';
+import type { ConnectionOptions } from 'node:tls';
+import { Redis } from 'ioredis';
+import { ClosedError, NoRedisMasterError, type Logger } from '@beetle/core';
+import { isRedisAddress, parseRedisAddress, parseRedisMasterFile } from './master-file.js';
+import { SCRIPTS, type ScriptCommands } from './scripts.js';
+
+/** A client with the store's scripts defined on it. */
+export type ScriptedRedis = Redis & ScriptCommands;
+
+export interface RedisConnectionSettings {
+  /** `host:port`, or the path of a Redis master file. */
+  readonly redisServer: string;
+  readonly systemName: string;
+  readonly db: number;
+  readonly password: string | undefined;
+  readonly tls: ConnectionOptions | undefined;
+  /** Milliseconds. */
+  readonly connectTimeoutMs: number;
+  /**
+   * Milliseconds without a reply after which a call counts as stalled: the outage is logged, the master file
+   * looked at, and the connection probed (see `RedisConnection.awaitReply`).
+   */
+  readonly readTimeoutMs: number;
+  /** Milliseconds every call keeps retrying before it rejects with `NoRedisMasterError`. */
+  readonly failoverTimeoutMs: number;
+  /** Milliseconds between two attempts of one call. */
+  readonly retryIntervalMs: number;
+  /** Milliseconds between two looks at the master file on the hot path. */
+  readonly masterFileCheckIntervalMs: number;
+  readonly logger: Logger;
+}
+
+/** Redis cannot be used right now, for a reason that may go away (no master, not connected yet). */
+export class RedisUnavailableError extends Error {
+  override readonly name = 'RedisUnavailableError';
+}
+
+const RETRIABLE_REPLIES = /^(READONLY|LOADING|MASTERDOWN|BUSY|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b/;
+const RETRIABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'EHOSTDOWN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+const RETRIABLE_MESSAGES =
+  /Connection is closed|Stream isn't writeable|Command timed out|Socket closed unexpectedly/;
+
+/**
+ * Whether a failed call may succeed when retried: connection-level failures and the replies of a server that
+ * is not (yet) a usable master. Replies such as script errors or WRONGTYPE are bugs and are not retried.
+ */
+export function isRetriableRedisError(error: unknown): boolean {
+  if (error instanceof RedisUnavailableError) return true;
+  if (!(error instanceof Error)) return false;
+  if (error.name === 'ReplyError') return RETRIABLE_REPLIES.test(error.message);
+  if (error.name === 'MaxRetriesPerRequestError') return true;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && RETRIABLE_CODES.has(code)) return true;
+  return RETRIABLE_MESSAGES.test(error.message);
+}
+
+/** How waiting for a reply ended: the reply, the time limit, or a wake-up (close, master change). */
+type Settled<T> = { settled: true; value: T } | { settled: false; timedOut: boolean };
+
+/** ioredis' connection status, read fresh (TypeScript would keep a narrowed value across awaits). */
+const statusOf = (client: Redis): string => client.status;
+
+const messageOf = (error: unknown): string => (error instanceof Error ? error.message : String(error));
+
+/**
+ * One shared ioredis connection to the current master, and Ruby's `with_failover` around every call
+ * (reference §4.5, §4.7): a call that fails for a connection-level reason is retried about once per
+ * `retryInterval` (by timers, never blocking the event loop; other calls proceed independently) until
+ * `failoverTimeout`, then rejects with `NoRedisMasterError`. With a master file, the file is looked at at most
+ * once per `masterFileCheckInterval` on the hot path and right after every failure; when the master changes
+ * the old client is closed and a new one is created.
+ *
+ * ioredis is configured not to queue or resend anything by itself (`enableOfflineQueue: false`,
+ * `maxRetriesPerRequest: 0`): calls wait here instead, so nothing piles up unboundedly while Redis is down,
+ * and every retry is visible to this loop.
+ */
+export class RedisConnection {
+  private client: ScriptedRedis | undefined;
+  /** `host:port` of `client`. */
+  private address: string | undefined;
+  private readonly masterFile: string | undefined;
+  private masterSignature: string | undefined;
+  /** Why there is no master right now (file missing or naming none), while that lasts. */
+  private masterProblem: Error | undefined;
+  private lastMasterCheck = Number.NEGATIVE_INFINITY;
+  private masterCheck: Promise<void> | undefined;
+  private lastClientError: Error | undefined;
+  private outageSince: number | undefined;
+  private outageGaveUp = false;
+  private closed = false;
+  private readonly wakeups = new Set<() => void>();
+  private readonly readySignals = new WeakMap<Redis, Promise<void>>();
+  private readonly probes = new WeakMap<Redis, Promise<boolean>>();
+  /** When each client last received data (replies), to tell a stalled server from a dead connection. */
+  private readonly lastData = new WeakMap<Redis, number>();
+
+  constructor(private readonly settings: RedisConnectionSettings) {
+    this.masterFile = isRedisAddress(settings.redisServer) ? undefined : settings.redisServer;
+  }
+
+  /** The `host:port` currently connected to (or being connected to), if any. */
+  get currentAddress(): string | undefined {
+    return this.address;
+  }
+
+  /**
+   * Runs `operation` on the current master, retrying connection-level failures until the failover timeout.
+   *
+   * A command is resent only when its connection dropped, the connection was found dead, or the master
+   * changed; the server may have executed it all the same (only the reply was lost), so a non-idempotent
+   * script can run twice: an `INCR` may count twice, and a resent claim finds its own first sighting (the
+   * message then looks in progress until its handler timeout has passed, when a retry takes it over). Ruby
+   * retries the same way and accepts this (hence `ack_count >= 2`); we narrow the window by never resending
+   * to a server that is merely slow (see `awaitReply`).
+   */
+  async run<T>(operation: string, call: (client: ScriptedRedis) => Promise<T>): Promise<T> {
+    const deadline = Date.now() + this.settings.failoverTimeoutMs;
+    for (;;) {
+      this.assertOpen();
+      const started = Date.now();
+      try {
+        const client = await this.readyClient(deadline);
+        const result = await this.awaitReply(client, call(client), deadline);
+        this.recovered();
+        return result;
+      } catch (error) {
+        this.assertOpen();
+        if (!isRetriableRedisError(error)) throw error;
+        this.lastMasterCheck = Number.NEGATIVE_INFINITY; // look at the master file again right away
+        this.outage(error);
+        const remaining = deadline - Date.now();
+        if (remaining <= 0) {
+          if (!this.outageGaveUp) {
+            this.outageGaveUp = true;
+            this.settings.logger.error(
+              { err: error, operation, server: this.describeServer() },
+              'Redis dedup store: no master reachable, giving up',
+            );
+          }
+          throw new NoRedisMasterError(
+            `no Redis master reachable for ${this.settings.failoverTimeoutMs / 1000}s (${this.describeServer()}): ${messageOf(error)}`,
+            { cause: error },
+          );
+        }
+        // A client that is (re)connecting is waited for in readyClient (woken by its 'ready' event). Otherwise
+        // make at most one attempt per retry interval (Ruby: sleep 1).
+        if (this.client?.status === 'ready' || this.client === undefined) {
+          const pause = Math.min(remaining, this.settings.retryIntervalMs - (Date.now() - started));
+          if (pause > 0) await this.sleep(pause);
+        }
+      }
+    }
+  }
+
+  /**
+   * Waits for the reply of a command sent once. A command is never resent while its connection is up and
+   * the master unchanged: a stalled server (paused, swapping, forking, busy) will still execute it, and a
+   * resent claim would then find its own first sighting. After each `readTimeout` without a reply the outage
+   * is logged, the master file looked at (a new master: resend there), and, when the connection received
+   * nothing at all meanwhile, a fresh connection PINGs the same server: if that answers, our connection is
+   * dead (e.g. a network path that silently dropped it) and is dropped, which rejects its commands so that
+   * `run` resends them on a new connection. Past the deadline the caller gives up (`NoRedisMasterError`).
+   */
+  private async awaitReply<T>(client: ScriptedRedis, reply: Promise<T>, deadline: number): Promise<T> {
+    reply.catch(() => undefined); // may be abandoned at the deadline or on a master change
+    const server = `${client.options.host ?? ''}:${client.options.port ?? ''}`;
+    for (;;) {
+      const started = Date.now();
+      const wait = Math.max(0, Math.min(this.settings.readTimeoutMs, deadline - started));
+      const outcome = await this.settleWithin(reply, wait);
+      this.assertOpen();
+      if (outcome.settled) return outcome.value;
+      if (this.client !== client)
+        throw new RedisUnavailableError(`the Redis master moved away from ${server}`);
+      if (!outcome.timedOut) continue; // woken early, for another call's reason
+      const stalled = new RedisUnavailableError(
+        `no reply from Redis ${server} within ${this.settings.readTimeoutMs / 1000}s`,
+      );
+      if (Date.now() >= deadline) throw stalled;
+      this.outage(stalled);
+      this.lastMasterCheck = Number.NEGATIVE_INFINITY;
+      await this.refreshMaster().catch(() => undefined);
+      if (this.client !== client) throw stalled; // the master moved: resend there
+      const quietFor = Date.now() - (this.lastData.get(client) ?? 0);
+      if (
+        statusOf(client) === 'ready' &&
+        quietFor >= this.settings.readTimeoutMs &&
+        (await this.probe(client))
+      ) {
+        this.settings.logger.warn(
+          { server: this.address },
+          'Redis dedup store: connection silent while the server answers; reconnecting',
+        );
+        client.stream.destroy(); // not end(): a dead peer would never complete the close
+      }
+    }
+  }
+
+  /** The promise's value if it settles within `ms` (rejections are rethrown), else `{ settled: false }`. */
+  private async settleWithin<T>(promise: Promise<T>, ms: number): Promise<Settled<T>> {
+    let wake: (() => void) | undefined;
+    const timeout = new Promise<Settled<T>>((resolve) => {
+      const timer = setTimeout(() => resolve({ settled: false, timedOut: true }), ms);
+      wake = (): void => {
+        clearTimeout(timer);
+        resolve({ settled: false, timedOut: false });
+      };
+      this.wakeups.add(wake);
+    });
+    try {
+      return await Promise.race([promise.then((value): Settled<T> => ({ settled: true, value })), timeout]);
+    } finally {
+      if (wake) {
+        this.wakeups.delete(wake);
+        wake();
+      }
+    }
+  }
+
+  /** Whether the client's server answers PING on a fresh connection (one probe per client at a time). */
+  private probe(client: ScriptedRedis): Promise<boolean> {
+    let probing = this.probes.get(client);
+    if (probing === undefined) {
+      const { host, port } = client.options;
+      const probe = new Redis({
+        host,
+        port,
+        password: this.settings.password,
+        tls: this.settings.tls,
+        connectTimeout: this.settings.connectTimeoutMs,
+        commandTimeout: this.settings.readTimeoutMs,
+        lazyConnect: true,
+        enableReadyCheck: false,
+        maxRetriesPerRequest: 0,
+        retryStrategy: () => null,
+        disableClientInfo: true,
+      });
+      probe.on('error', () => undefined);
+      probing = probe
+        .connect()
+        .then(() => probe.ping())
+        .then(
+          (pong) => pong === 'PONG',
+          () => false,
+        )
+        .finally(() => {
+          probe.disconnect();
+          (probe.stream as Redis['stream'] | undefined)?.destroy();
+          this.probes.delete(client);
+        });
+      this.probes.set(client, probing);
+    }
+    return probing;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const wake of [...this.wakeups]) wake();
+    const client = this.client;
+    this.client = undefined;
+    this.address = undefined;
+    if (client) await this.retire(client);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new ClosedError('the Redis dedup store is closed');
+  }
+
+  private describeServer(): string {
+    const at = this.address ?? 'no master';
+    return this.masterFile === undefined ? at : `${at} from ${this.masterFile}`;
+  }
+
+  /** The client of the current master once it is ready, waiting up to one retry interval for it. */
+  private async readyClient(deadline: number): Promise<ScriptedRedis> {
+    await this.refreshMaster();
+    let client = this.client;
+    if (client === undefined || client.status === 'end') {
+      const address = this.address ?? this.settings.redisServer;
+      client = this.connect(address);
+    }
+    if (client.status === 'ready') return client;
+    const wait = Math.max(0, Math.min(this.settings.retryIntervalMs, deadline - Date.now()));
+    await this.waitForReady(client, wait);
+    this.assertOpen();
+    if (statusOf(client) === 'ready' && client === this.client) return client;
+    throw new RedisUnavailableError(
+      `Redis ${this.address ?? '(no master)'} is not connected (${client.status})` +
+        (this.lastClientError ? `: ${this.lastClientError.message}` : ''),
+      { cause: this.lastClientError },
+    );
+  }
+
+  /** Follows the master file (if any): at most once per check interval, and right after a failure. */
+  private async refreshMaster(): Promise<void> {
+    if (this.masterFile === undefined) return;
+    if (Date.now() - this.lastMasterCheck >= this.settings.masterFileCheckIntervalMs) {
+      this.masterCheck ??= this.checkMasterFile(this.masterFile).finally(() => {
+        this.masterCheck = undefined;
+      });
+      await this.masterCheck;
+    }
+    if (this.masterProblem) throw this.masterProblem;
+  }
+
+  private async checkMasterFile(path: string): Promise<void> {
+    this.lastMasterCheck = Date.now();
+    let content: string;
+    try {
+      const stats = await stat(path);
+      // Size is part of the signature: the Go daemons truncate, then write, possibly within one mtime tick.
+      const signature = `${stats.mtimeMs}:${stats.size}:${stats.ino}`;
+      if (signature === this.masterSignature) return;
+      content = await readFile(path, 'utf8');
+      this.masterSignature = signature;
+    } catch (error) {
+      this.masterSignature = undefined;
+      this.masterProblem = new RedisUnavailableError(
+        `cannot read the Redis master file ${path}: ${messageOf(error)}`,
+        {
+          cause: error,
+        },
+      );
+      this.switchTo(undefined);
+      return;
+    }
+    const master = parseRedisMasterFile(content, this.settings.systemName);
+    if (master === undefined) {
+      this.masterProblem = new RedisUnavailableError(
+        `the Redis master file ${path} names no master for system ${JSON.stringify(this.settings.systemName)}`,
+      );
+    } else if (!isRedisAddress(master)) {
+      this.masterProblem = new RedisUnavailableError(
+        `the Redis master file ${path} names an invalid master ${JSON.stringify(master)}`,
+      );
+    } else {
+      this.masterProblem = undefined;
+    }
+    this.switchTo(this.masterProblem ? undefined : master);
+  }
+
+  /** Points the store at another master (or at none), closing the old client. */
+  private switchTo(address: string | undefined): void {
+    if (address === this.address) return;
+    const old = this.client;
+    if (this.address !== undefined || address !== undefined) {
+      this.settings.logger.info(
+        { from: this.address ?? null, to: address ?? null, file: this.masterFile },
+        'Redis dedup store: master changed',
+      );
+    }
+    this.client = undefined;
+    this.address = address;
+    if (old) void this.retire(old);
+    if (address !== undefined) this.connect(address);
+    for (const wake of [...this.wakeups]) wake();
+  }
+
+  private connect(address: string): ScriptedRedis {
+    const { host, port } = parseRedisAddress(address);
+    const { settings } = this;
+    const client = new Redis({
+      host,
+      port,
+      db: settings.db,
+      password: settings.password,
+      tls: settings.tls,
+      connectTimeout: settings.connectTimeoutMs,
+      // No commandTimeout: a timed-out command would still run on a stalled server; awaitReply waits instead.
+      // Calls wait in RedisConnection.run instead of ioredis' unbounded offline queue, and are not resent by
+      // ioredis after a reconnect (in-flight ones are rejected at the disconnect and retried by run()).
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
+      // Independent messages' calls share this one connection and are written together.
+      enableAutoPipelining: true,
+      retryStrategy: (times: number) => Math.min(times * 100, settings.retryIntervalMs),
+      disableClientInfo: true,
+    }) as ScriptedRedis;
+    for (const [name, script] of Object.entries(SCRIPTS)) {
+      client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua });
+    }
+    client.on('connect', () => {
+      this.lastData.set(client, Date.now());
+      client.stream.on('data', () => this.lastData.set(client, Date.now()));
+    });
+    client.on('error', (error: Error) => {
+      this.lastClientError = error;
+      settings.logger.debug({ err: error, server: address }, 'Redis dedup store: connection error');
+    });
+    this.client = client;
+    this.address = address;
+    return client;
+  }
+
+  /** Quits politely (pending replies first), or drops the connection when that takes too long. */
+  private async retire(client: Redis): Promise<void> {
+    if (client.status === 'ready') {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, this.settings.retryIntervalMs);
+      });
+      await Promise.race([client.quit().catch(() => undefined), timeout]);
+      clearTimeout(timer);
+    }
+    if (statusOf(client) === 'end') return;
+    client.disconnect();
+    // end() alone waits for the peer's FIN, which a frozen or unreachable server never sends; destroying the
+    // socket closes it now, and ioredis rejects what is still pending ("Connection is closed").
+    (client.stream as Redis['stream'] | undefined)?.destroy();
+  }
+
+  /** Resolves at the client's next 'ready' event, or after `ms`, or when woken (close, master change). */
+  private waitForReady(client: Redis, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.wakeups.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakeups.add(done);
+      void this.readySignal(client).then(done);
+    });
+  }
+
+  /** One listener per client however many calls wait for it. */
+  private readySignal(client: Redis): Promise<void> {
+    let signal = this.readySignals.get(client);
+    if (signal === undefined) {
+      signal = new Promise<void>((resolve) => {
+        client.once('ready', () => {
+          this.readySignals.delete(client);
+          resolve();
+        });
+      });
+      this.readySignals.set(client, signal);
+    }
+    return signal;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.wakeups.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakeups.add(done);
+    });
+  }
+
+  private outage(error: unknown): void {
+    if (this.outageSince !== undefined) return;
+    this.outageSince = Date.now();
+    this.outageGaveUp = false;
+    this.settings.logger.warn(
+      { err: error, server: this.describeServer() },
+      `Redis dedup store unavailable, retrying for up to ${this.settings.failoverTimeoutMs / 1000}s`,
+    );
+  }
+
+  private recovered(): void {
+    if (this.outageSince === undefined) return;
+    const downMs = Date.now() - this.outageSince;
+    this.outageSince = undefined;
+    this.outageGaveUp = false;
+    this.settings.logger.info({ server: this.describeServer(), downMs }, 'Redis dedup store available again');
+  }
+}

@@ -1,0 +1,378 @@
+import type { ConnectionOptions } from 'node:tls';
+import {
+  ConfigurationError,
+  silentLogger,
+  KEY_SUFFIXES,
+  allKeysOf,
+  keyOf,
+  parseKey,
+  rubyToI,
+  type AcquireParams,
+  type AcquireResult,
+  type ClaimParams,
+  type ClaimResult,
+  type DedupStore,
+  type FailOutcome,
+  type FailParams,
+  type FailResult,
+  type BeetleConfig,
+  type KeySuffix,
+  type Logger,
+  type MessageRef,
+} from '@beetle/core';
+import { RedisConnection, type ScriptedRedis } from './connection.js';
+
+/** Options of {@link RedisDedupStore}. Durations are in seconds, like Ruby Beetle's configuration. */
+export interface RedisDedupStoreOptions {
+  /** `host:port`, or the path of a Redis master file (reference §4.8). Default `localhost:6379`. */
+  readonly redisServer?: string;
+  /** Which line of the master file applies. Default `system`. */
+  readonly systemName?: string;
+  /** Database of the dedup store. Default 4. */
+  readonly db?: number;
+  readonly password?: string | undefined;
+  /** `true` for TLS with default options (verification off when env `OPENSSL_SSL_VERIFY_NONE=1`), or options. */
+  readonly tls?: boolean | ConnectionOptions;
+  /** Seconds to establish a connection. Default 5. */
+  readonly connectTimeout?: number;
+  /**
+   * Seconds without a reply after which a call counts as stalled: the outage is logged, the master file is
+   * looked at and the connection is checked (a dead one is replaced). Commands are not resent on a live
+   * connection, so a stalled server never runs one twice. Default 5.
+   */
+  readonly readTimeout?: number;
+  /** Seconds every call keeps retrying while Redis is unreachable, then `NoRedisMasterError`. Default 180. */
+  readonly failoverTimeout?: number;
+  /** Seconds between two attempts of a call during an outage. Default 1. */
+  readonly retryInterval?: number;
+  /** Seconds between two looks at the master file on the hot path. Default 1. */
+  readonly masterFileCheckInterval?: number;
+  /** Seconds the `status` key outlives a processed message; 0 (default) deletes it with the others. */
+  readonly statusKeyExpiryInterval?: number;
+  /** Silent by default. */
+  readonly logger?: Logger;
+}
+
+/**
+ * The core configuration fields the store reads (Ruby names, seconds). `redisWriteTimeout` is not used: ioredis
+ * has no separate write timeout, a command's timeout (`redisReadTimeout`) covers writing and reading.
+ */
+export type RedisDedupStoreConfig = Partial<
+  Pick<
+    BeetleConfig,
+    | 'redisServer'
+    | 'systemName'
+    | 'redisDb'
+    | 'redisPassword'
+    | 'redisTls'
+    | 'redisConnectTimeout'
+    | 'redisReadTimeout'
+    | 'redisWriteTimeout'
+    | 'redisFailoverTimeout'
+    | 'redisStatusKeyExpiryInterval'
+  >
+>;
+
+/** A message with an `expires` key, as found by {@link RedisDedupStore.scanExpiries}. */
+export interface MessageExpiry {
+  readonly msgId: string;
+  readonly queue: string;
+  readonly uuid: string;
+  /** The stored `expires` value (unix seconds). */
+  readonly expiresAt: number;
+}
+
+const seconds = (name: string, value: number | undefined, fallback: number): number => {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new ConfigurationError(`${name} must be a non-negative number of seconds, got ${String(value)}`, {
+      key: name,
+    });
+  }
+  return value;
+};
+
+const tlsOptions = (tls: boolean | ConnectionOptions | undefined): ConnectionOptions | undefined => {
+  if (tls === undefined || tls === false) return undefined;
+  const options: ConnectionOptions = tls === true ? {} : { ...tls };
+  if (process.env['OPENSSL_SSL_VERIFY_NONE'] === '1' && options.rejectUnauthorized === undefined) {
+    options.rejectUnauthorized = false;
+  }
+  return options;
+};
+
+/** Characters with a meaning in Redis glob patterns. */
+const escapeGlob = (text: string): string => text.replace(/[*?[\]\\^-]/g, (char) => `\\${char}`);
+
+const FAIL_OUTCOMES: ReadonlySet<string> = new Set<FailOutcome>([
+  'AttemptsLimitReached',
+  'ExceptionsLimitReached',
+  'ExceptionNotAccepted',
+  'HandlerCrash',
+]);
+
+const unexpected = (script: string, reply: unknown): Error =>
+  new Error(`unexpected reply from the ${script} script: ${JSON.stringify(reply)}`);
+
+/** A value of Ruby's MGET: a string read with `to_i`, or nil. */
+const optionalInt = (value: unknown): number | undefined => {
+  if (typeof value === 'string') return rubyToI(value);
+  if (typeof value === 'number') return value;
+  return undefined;
+};
+
+/**
+ * Ruby Beetle's deduplication store on Redis (reference §4), compatible with Ruby consumers sharing the same
+ * Redis: same keys (`msgid:<queue>:<uuid>:<suffix>`), values and database (4). Each step is one round trip
+ * (a Lua script or a single command), and all messages share one auto-pipelined connection.
+ *
+ * A redundant message handled on the happy path costs 5 round trips (claim, complete, acknowledged for the
+ * first copy; claim, acknowledged for the second) where Ruby needs 8.
+ */
+export class RedisDedupStore implements DedupStore {
+  readonly statusKeyExpiryInterval: number;
+  private readonly connection: RedisConnection;
+
+  constructor(options: RedisDedupStoreOptions = {}) {
+    const interval = seconds('statusKeyExpiryInterval', options.statusKeyExpiryInterval, 0);
+    if (!Number.isInteger(interval)) {
+      throw new ConfigurationError(`statusKeyExpiryInterval must be whole seconds, got ${interval}`, {
+        key: 'statusKeyExpiryInterval',
+      });
+    }
+    this.statusKeyExpiryInterval = interval;
+    const db = options.db ?? 4;
+    if (!Number.isInteger(db) || db < 0) {
+      throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
+    }
+    const redisServer = (options.redisServer ?? 'localhost:6379').trim();
+    if (redisServer === '')
+      throw new ConfigurationError('redisServer must not be empty', { key: 'redisServer' });
+    this.connection = new RedisConnection({
+      redisServer,
+      systemName: options.systemName ?? 'system',
+      db,
+      password: options.password === '' ? undefined : options.password,
+      tls: tlsOptions(options.tls),
+      connectTimeoutMs: seconds('connectTimeout', options.connectTimeout, 5) * 1000,
+      readTimeoutMs: seconds('readTimeout', options.readTimeout, 5) * 1000,
+      failoverTimeoutMs: seconds('failoverTimeout', options.failoverTimeout, 180) * 1000,
+      retryIntervalMs: seconds('retryInterval', options.retryInterval, 1) * 1000,
+      masterFileCheckIntervalMs:
+        seconds('masterFileCheckInterval', options.masterFileCheckInterval, 1) * 1000,
+      logger: options.logger ?? silentLogger,
+    });
+  }
+
+  /** A store configured from core's configuration fields (Ruby names and units). */
+  static fromConfig(
+    config: RedisDedupStoreConfig,
+    extra: { readonly logger?: Logger } = {},
+  ): RedisDedupStore {
+    return new RedisDedupStore({
+      redisServer: config.redisServer,
+      systemName: config.systemName,
+      db: config.redisDb,
+      password: config.redisPassword ?? undefined,
+      tls: config.redisTls,
+      connectTimeout: config.redisConnectTimeout,
+      readTimeout: config.redisReadTimeout,
+      failoverTimeout: config.redisFailoverTimeout,
+      statusKeyExpiryInterval: config.redisStatusKeyExpiryInterval,
+      logger: extra.logger,
+    });
+  }
+
+  /** The `host:port` the store is connected (or connecting) to, if any. */
+  get currentServer(): string | undefined {
+    return this.connection.currentAddress;
+  }
+
+  async markCompletedIfNew(ref: MessageRef): Promise<boolean> {
+    const interval = this.statusKeyExpiryInterval;
+    if (interval <= 0) return true;
+    const reply = await this.run('markCompletedIfNew', (redis) =>
+      redis.set(keyOf(ref, 'status'), 'completed', 'EX', interval, 'NX'),
+    );
+    return reply === 'OK';
+  }
+
+  async claim(ref: MessageRef, params: ClaimParams): Promise<ClaimResult> {
+    const reply = await this.run('claim', (redis) =>
+      redis.beetleClaim(
+        keyOf(ref, 'status'),
+        keyOf(ref, 'expires'),
+        keyOf(ref, 'timeout'),
+        keyOf(ref, 'attempts'),
+        keyOf(ref, 'delay'),
+        keyOf(ref, 'exceptions'),
+        String(params.expiresAt),
+        String(params.timeoutAt),
+      ),
+    );
+    if (!Array.isArray(reply)) throw unexpected('claim', reply);
+    if (reply[0] === 1 && typeof reply[1] === 'number') return { first: true, attempts: reply[1] };
+    if (reply[0] !== 0 || reply.length !== 6) throw unexpected('claim', reply);
+    const [, status, delay, timeout, attempts, exceptions] = reply as unknown[];
+    return {
+      first: false,
+      state: {
+        status: typeof status === 'string' ? status : undefined,
+        delay: optionalInt(delay),
+        timeout: optionalInt(timeout),
+        attempts: optionalInt(attempts) ?? 0,
+        exceptions: optionalInt(exceptions) ?? 0,
+      },
+    };
+  }
+
+  async acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
+    const reply = await this.run('acquire', (redis) =>
+      redis.beetleAcquire(
+        keyOf(ref, 'mutex'),
+        keyOf(ref, 'timeout'),
+        keyOf(ref, 'attempts'),
+        String(params.now),
+        String(params.timeoutAt),
+        String(params.staleAfter),
+      ),
+    );
+    if (typeof reply !== 'number') throw unexpected('acquire', reply);
+    return reply > 0 ? { acquired: true, attempts: reply } : { acquired: false };
+  }
+
+  async complete(ref: MessageRef): Promise<void> {
+    // Ruby's `completed!`, a single command.
+    await this.run('complete', (redis) =>
+      redis.mset(keyOf(ref, 'status'), 'completed', keyOf(ref, 'timeout'), '0'),
+    );
+  }
+
+  async fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
+    const reply = await this.run('fail', (redis) =>
+      redis.beetleFail(
+        keyOf(ref, 'exceptions'),
+        keyOf(ref, 'attempts'),
+        keyOf(ref, 'status'),
+        keyOf(ref, 'timeout'),
+        keyOf(ref, 'mutex'),
+        keyOf(ref, 'delay'),
+        String(params.attemptsLimit),
+        String(params.exceptionsLimit),
+        params.accepted ? '1' : '0',
+        String(params.now),
+        String(params.delay),
+        params.maxDelay === undefined ? '' : String(params.maxDelay),
+      ),
+    );
+    if (!Array.isArray(reply) || reply.length !== 4) throw unexpected('fail', reply);
+    const [outcome, attempts, exceptions, delayUntil] = reply as unknown[];
+    if (
+      typeof outcome !== 'string' ||
+      !FAIL_OUTCOMES.has(outcome) ||
+      typeof attempts !== 'number' ||
+      typeof exceptions !== 'number' ||
+      typeof delayUntil !== 'string'
+    ) {
+      throw unexpected('fail', reply);
+    }
+    return {
+      outcome: outcome as FailOutcome,
+      attempts,
+      exceptions,
+      delayUntil: outcome === 'HandlerCrash' ? Number(delayUntil) : undefined,
+    };
+  }
+
+  async acknowledged(ref: MessageRef, params: { readonly redundant: boolean }): Promise<void> {
+    await this.run('acknowledged', (redis) =>
+      redis.beetleAcknowledged(
+        ...allKeysOf(ref),
+        params.redundant ? '1' : '0',
+        String(this.statusKeyExpiryInterval),
+      ),
+    );
+  }
+
+  async inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>> {
+    const values = await this.run('inspect', (redis) => redis.mget(allKeysOf(ref)));
+    const result: Partial<Record<KeySuffix, string>> = {};
+    KEY_SUFFIXES.forEach((suffix, i) => {
+      const value = values[i];
+      if (typeof value === 'string') result[suffix] = value;
+    });
+    return result;
+  }
+
+  /** Round trip to the current master (Ruby `ping`): resolves once Redis answers, within the failover timeout. */
+  async ping(): Promise<void> {
+    await this.run('ping', (redis) => redis.ping());
+  }
+
+  /**
+   * All keys matching `match` (a Redis glob, default `msgid:*`), by SCAN. Keys may be returned more than once
+   * (SCAN semantics); after a master change the scan continues on the new master with a meaningless cursor,
+   * so a garbage collector should restart its run when `currentServer` changes.
+   */
+  async *scanKeys(options: { readonly match?: string; readonly count?: number } = {}): AsyncIterable<string> {
+    const match = options.match ?? 'msgid:*';
+    const count = options.count ?? 1000;
+    let cursor = '0';
+    do {
+      const from = cursor;
+      const [next, keys] = await this.run('scan', (redis) =>
+        redis.scan(from, 'MATCH', match, 'COUNT', count),
+      );
+      cursor = next;
+      yield* keys;
+    } while (cursor !== '0');
+  }
+
+  /**
+   * Every message that has an `expires` key, with its value (what Beetle's garbage collector looks at),
+   * optionally only for queues whose names start with `queuePrefix`. One MGET per SCAN batch.
+   */
+  async *scanExpiries(
+    options: { readonly queuePrefix?: string; readonly count?: number } = {},
+  ): AsyncIterable<MessageExpiry> {
+    const match = `msgid:${escapeGlob(options.queuePrefix ?? '')}*:expires`;
+    const count = options.count ?? 1000;
+    let cursor = '0';
+    do {
+      const from = cursor;
+      const [next, keys] = await this.run('scan', (redis) =>
+        redis.scan(from, 'MATCH', match, 'COUNT', count),
+      );
+      cursor = next;
+      const parsed = keys.flatMap((key) => {
+        const parts = parseKey(key);
+        return parts?.suffix === 'expires' ? [{ key, parts }] : [];
+      });
+      if (parsed.length === 0) continue;
+      const values = await this.run('scanExpiries', (redis) => redis.mget(parsed.map(({ key }) => key)));
+      for (const [i, { parts }] of parsed.entries()) {
+        const value = values[i];
+        if (typeof value !== 'string') continue; // deleted meanwhile
+        yield { msgId: parts.msgId, queue: parts.queue, uuid: parts.uuid, expiresAt: rubyToI(value) };
+      }
+    } while (cursor !== '0');
+  }
+
+  /** Deletes all 8 keys of a message (`msgid:<queue>:<uuid>`); returns how many existed. */
+  async deleteMessageKeys(msgId: string): Promise<number> {
+    const parts = parseKey(`${msgId}:status`);
+    if (parts?.msgId !== msgId) throw new TypeError(`not a Beetle message id: ${JSON.stringify(msgId)}`);
+    return this.run('deleteMessageKeys', (redis) =>
+      redis.del(...allKeysOf({ queue: parts.queue, uuid: parts.uuid })),
+    );
+  }
+
+  /** Quits the connection; pending and later calls reject with `ClosedError`. */
+  async close(): Promise<void> {
+    await this.connection.close();
+  }
+
+  private run<T>(operation: string, call: (redis: ScriptedRedis) => Promise<T>): Promise<T> {
+    return this.connection.run(operation, call);
+  }
+}

@@ -1,0 +1,197 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Redis } from 'ioredis';
+import { type MessageRef } from '@beetle/core';
+import { startRedis, type ServiceHandle } from '@beetle/test-services';
+import { RedisDedupStore } from '../src/index.js';
+import { freePort, nowSeconds, rawClient, sleep } from './helpers.js';
+
+/** `INFO commandstats` as command → calls. */
+async function commandCalls(admin: Redis): Promise<Map<string, number>> {
+  const info = await admin.info('commandstats');
+  const calls = new Map<string, number>();
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(match[1]!, Number(match[2]));
+  return calls;
+}
+
+const ADMIN_COMMANDS = /^(info|config|monitor|client|ping|hello|auth|select)/;
+
+interface Observed {
+  /** Commands sent by clients (one per round trip), from MONITOR. */
+  topLevel: string[][];
+  /** Commands run inside scripts, from MONITOR. */
+  inScripts: string[][];
+  /** `INFO commandstats` deltas, admin commands left out. */
+  stats: Map<string, number>;
+}
+
+describe('round trips on a Redis of our own', () => {
+  let server: ServiceHandle;
+  let admin: Redis;
+
+  beforeAll(async () => {
+    server = await startRedis(await freePort());
+    admin = rawClient(server.address, 0);
+  });
+
+  afterAll(async () => {
+    await admin.quit();
+    await server.stop();
+  });
+
+  /** Runs `work` and reports what reached the server (nobody else uses this server). */
+  async function observe(work: () => Promise<void>): Promise<Observed> {
+    const monitor = await admin.monitor();
+    const seen: { args: string[]; source: string }[] = [];
+    monitor.on('monitor', (_time: string, args: string[], source: string) => seen.push({ args, source }));
+    await admin.config('RESETSTAT');
+    await work();
+    await sleep(200);
+    const stats = await commandCalls(admin);
+    monitor.disconnect();
+    for (const name of [...stats.keys()]) if (ADMIN_COMMANDS.test(name)) stats.delete(name);
+    const relevant = seen.filter(({ args }) => !ADMIN_COMMANDS.test(args[0]?.toLowerCase() ?? ''));
+    return {
+      topLevel: relevant.filter(({ source }) => source !== 'lua').map(({ args }) => args),
+      inScripts: relevant.filter(({ source }) => source === 'lua').map(({ args }) => args),
+      stats,
+    };
+  }
+
+  const happyPath = async (store: RedisDedupStore, ref: MessageRef, expiresAt: number, now: number) => {
+    // First copy.
+    expect(await store.claim(ref, { expiresAt, timeoutAt: now + 600 })).toEqual({ first: true, attempts: 1 });
+    await store.complete(ref);
+    await store.acknowledged(ref, { redundant: true });
+    // Second copy (from the other broker).
+    const second = await store.claim(ref, { expiresAt, timeoutAt: now + 600 });
+    expect(second.first === false && second.state.status).toBe('completed');
+    await store.acknowledged(ref, { redundant: true });
+  };
+
+  it('a redundant message on the happy path costs 5 round trips (Ruby: 8), running Ruby’s commands', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      const now = nowSeconds();
+      const expiresAt = now + 86_400;
+      // Warm-up: connection established (SELECT 4) and scripts loaded on it.
+      await happyPath(store, { queue: 'test', uuid: randomUUID() }, expiresAt, now);
+
+      const ref = { queue: 'test', uuid: randomUUID() };
+      const observed = await observe(() => happyPath(store, ref, expiresAt, now));
+
+      const roundTrips = observed.topLevel.map((args) => args[0]!.toLowerCase());
+      console.info(`[round trips] redundant happy path: ${roundTrips.length} (${roundTrips.join(', ')})`);
+      expect(roundTrips).toEqual(['evalsha', 'mset', 'evalsha', 'evalsha', 'evalsha']);
+      const scriptCalls = (observed.stats.get('evalsha') ?? 0) + (observed.stats.get('eval') ?? 0);
+      expect(scriptCalls).toBe(4);
+
+      // Inside the scripts, plus complete's MSET: exactly Ruby's 8 commands of §12, in Ruby's order.
+      const p = `msgid:test:${ref.uuid}`;
+      const executed = [...observed.inScripts];
+      executed.splice(2, 0, observed.topLevel[1]!); // complete's MSET came between the first two scripts
+      expect(executed).toEqual([
+        [
+          'msetnx',
+          `${p}:status`,
+          'incomplete',
+          `${p}:expires`,
+          String(expiresAt),
+          `${p}:timeout`,
+          String(now + 600),
+        ],
+        ['incr', `${p}:attempts`],
+        ['mset', `${p}:status`, 'completed', `${p}:timeout`, '0'],
+        ['incr', `${p}:ack_count`],
+        [
+          'msetnx',
+          `${p}:status`,
+          'incomplete',
+          `${p}:expires`,
+          String(expiresAt),
+          `${p}:timeout`,
+          String(now + 600),
+        ],
+        ['mget', `${p}:status`, `${p}:delay`, `${p}:timeout`, `${p}:attempts`, `${p}:exceptions`],
+        ['incr', `${p}:ack_count`],
+        [
+          'del',
+          `${p}:status`,
+          `${p}:ack_count`,
+          `${p}:timeout`,
+          `${p}:delay`,
+          `${p}:attempts`,
+          `${p}:exceptions`,
+          `${p}:mutex`,
+          `${p}:expires`,
+        ],
+      ]);
+      const totalCommands = [...observed.stats.values()].reduce((sum, calls) => sum + calls, 0);
+      // commandstats counts script-internal commands too: 4 script calls + Ruby's 8 commands.
+      expect(totalCommands).toBe(4 + 8);
+      expect(observed.stats.get('select')).toBeUndefined();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('with status-key expiry the cleanup is DEL of 7 keys + EXPIRE status, still 5 round trips', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address, statusKeyExpiryInterval: 300 });
+    try {
+      const now = nowSeconds();
+      await happyPath(store, { queue: 'test', uuid: randomUUID() }, now + 100, now);
+      const ref = { queue: 'test', uuid: randomUUID() };
+      const observed = await observe(() => happyPath(store, ref, now + 100, now));
+      expect(observed.topLevel).toHaveLength(5);
+      const p = `msgid:test:${ref.uuid}`;
+      expect(observed.inScripts.slice(-2)).toEqual([
+        [
+          'del',
+          ...['ack_count', 'timeout', 'delay', 'attempts', 'exceptions', 'mutex', 'expires'].map(
+            (s) => `${p}:${s}`,
+          ),
+        ],
+        ['expire', `${p}:status`, '300'],
+      ]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a simple message costs 1 round trip with status-key expiry, 0 without', async () => {
+    const expiring = new RedisDedupStore({ redisServer: server.address, statusKeyExpiryInterval: 300 });
+    const plain = new RedisDedupStore({ redisServer: server.address });
+    try {
+      await expiring.ping();
+      const ref = { queue: 'test', uuid: randomUUID() };
+      const observed = await observe(async () => {
+        expect(await expiring.markCompletedIfNew(ref)).toBe(true);
+        expect(await plain.markCompletedIfNew(ref)).toBe(true);
+      });
+      expect(observed.topLevel).toEqual([
+        ['set', `msgid:test:${ref.uuid}:status`, 'completed', 'EX', '300', 'NX'],
+      ]);
+    } finally {
+      await expiring.close();
+      await plain.close();
+    }
+  });
+
+  it('concurrent calls of independent messages share one connection', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      await store.ping();
+      const before = Number(/connected_clients:(\d+)/.exec(await admin.info('clients'))?.[1]);
+      const now = nowSeconds();
+      await Promise.all(
+        Array.from({ length: 200 }, () =>
+          store.claim({ queue: 'test', uuid: randomUUID() }, { expiresAt: now + 60, timeoutAt: now + 600 }),
+        ),
+      );
+      const after = Number(/connected_clients:(\d+)/.exec(await admin.info('clients'))?.[1]);
+      expect(after).toBe(before);
+    } finally {
+      await store.close();
+    }
+  });
+});

@@ -1,0 +1,8 @@
+export {
+  Publisher,
+  QueueSetupError,
+  type BrokerSetupReport,
+  type PublishOptions,
+  type PublisherEvents,
+  type PublisherOptions,
+} from './publisher.js';

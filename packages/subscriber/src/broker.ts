@@ -1,0 +1,114 @@
+/**
+ * The subscriber's only contact with `@beetle/broker-amqp`: the connections per broker, queue setup and the
+ * reconnect backoff. Kept small so the consumer logic does not depend on the broker layer's details, and so
+ * tests can put fakes behind `SubscriberPool`.
+ */
+import {
+  BrokerConnection,
+  brokerOptions,
+  setupQueue as brokerSetupQueue,
+  type ConsumerChannel,
+  type Delivery,
+  type TopologyDeclarer,
+} from '@beetle/broker-amqp';
+import type { BeetleConfig, Logger, QueueDefinition, Topology } from '@beetle/core';
+
+export type { Delivery };
+
+/** A consumer channel that also declares topology (what `BrokerConnection.openConsumerChannel` returns). */
+export type SubscriberChannel = ConsumerChannel & TopologyDeclarer;
+
+/** One broker as the subscriber needs it; `BrokerConnection` fits (it reconnects lazily on the next use). */
+export interface ConsumerConnection {
+  openConsumerChannel(prefetch: number): Promise<SubscriberChannel>;
+}
+
+/** Connections per broker (`host:port`); `BrokerPool` from `@beetle/broker-amqp` fits. */
+export interface SubscriberPool {
+  get(server: string): ConsumerConnection;
+  close?(): Promise<void>;
+}
+
+/** Result of declaring one queue; `policyError` is set when its policies could not be applied/published. */
+export interface QueueSetupResult {
+  readonly policyError?: unknown;
+}
+
+/**
+ * Declares a queue on one broker: the queue (and its dead letter queue), its policies and its bindings.
+ * `once` memoizes per channel (e.g. the policy queue is declared once per connection, not once per queue).
+ */
+export type QueueSetup = (
+  channel: SubscriberChannel,
+  server: string,
+  queue: QueueDefinition,
+  once: <T>(key: string, fn: () => Promise<T>) => Promise<T>,
+) => Promise<QueueSetupResult | void>;
+
+/** `setupQueue` of `@beetle/broker-amqp`; policy update messages go out on the consumer channel. */
+export function defaultQueueSetup(config: BeetleConfig, topology: Topology, logger: Logger): QueueSetup {
+  return async (channel, server, queue, once) => {
+    const result = await brokerSetupQueue(channel, topology, queue.name, {
+      server,
+      config,
+      logger,
+      policyPublisher: channel,
+      once,
+    });
+    return result.policy === 'failed' ? { policyError: result.policyError } : {};
+  };
+}
+
+/**
+ * The subscriber's own connections (used unless a pool is passed in): one `BrokerConnection` per broker with
+ * the subscriber's connect timeout and heartbeat instead of the publisher's.
+ */
+export class SubscriberConnections implements SubscriberPool {
+  private readonly connections = new Map<string, BrokerConnection>();
+
+  constructor(
+    private readonly config: BeetleConfig,
+    private readonly logger: Logger,
+  ) {}
+
+  get(server: string): BrokerConnection {
+    let connection = this.connections.get(server);
+    if (connection === undefined) {
+      connection = new BrokerConnection({
+        ...brokerOptions(this.config, server, this.logger),
+        connectTimeout: this.config.subscriberConnectTimeout,
+        heartbeat: this.config.subscriberHeartbeat,
+      });
+      this.connections.set(server, connection);
+    }
+    return connection;
+  }
+
+  async close(): Promise<void> {
+    const connections = [...this.connections.values()];
+    this.connections.clear();
+    await Promise.all(connections.map((connection) => connection.close()));
+  }
+}
+
+/**
+ * Capped exponential backoff with "equal jitter": uniform in `[c/2, c)` where `c = min(max, base * 2^attempt)`,
+ * so a retry never comes at once and reconnecting subscribers spread out.
+ */
+export function reconnectDelay(base: number, max: number, attempt: number, random: () => number): number {
+  const ceiling = Math.min(max, base * 2 ** Math.max(0, Math.min(attempt, 52)));
+  return ceiling / 2 + (random() * ceiling) / 2;
+}
+
+/** A per-connection memo for `QueueSetup`'s `once`: concurrent callers share the promise, failures are retried. */
+export function memo(): <T>(key: string, fn: () => Promise<T>) => Promise<T> {
+  const entries = new Map<string, Promise<unknown>>();
+  return <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    const existing = entries.get(key) as Promise<T> | undefined;
+    if (existing !== undefined) return existing;
+    const promise = fn();
+    entries.set(key, promise);
+    void promise.catch(() => entries.delete(key));
+    return promise;
+  };
+}

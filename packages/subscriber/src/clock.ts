@@ -1,0 +1,22 @@
+/**
+ * Time as the subscriber sees it. Injectable so that the state machine, handler timeouts and requeue delays
+ * can be tested deterministically.
+ */
+export interface Clock {
+  /** Unix time in whole seconds (what the dedup store compares against, as Ruby's `Time.now.to_i`). */
+  now(): number;
+  /** Milliseconds, for durations. */
+  nowMs(): number;
+  setTimeout(callback: () => void, ms: number): TimerHandle;
+  clearTimeout(handle: TimerHandle): void;
+}
+
+/** Opaque timer handle. */
+export type TimerHandle = unknown;
+
+export const systemClock: Clock = {
+  now: () => Math.floor(Date.now() / 1000),
+  nowMs: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};

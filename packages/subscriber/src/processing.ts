@@ -1,0 +1,501 @@
+import {
+  Outcome,
+  TIMEOUT_GRACE_PERIOD,
+  decodeMessage,
+  isExpired,
+  isFailureOutcome,
+  isRejectOutcome,
+  isSimple,
+  silentLogger,
+  timeoutAt,
+  type BeetleMessage,
+  type DedupStore,
+  type DeliverySource,
+  type Logger,
+  type MessageDecodingError,
+  type MessageRef,
+  type RawDelivery,
+} from '@beetle/core';
+import { systemClock, type Clock } from './clock.js';
+import { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
+import {
+  isRetriable,
+  type AnyMessage,
+  type HandlerContext,
+  type HandlerMessage,
+  type ResolvedHandler,
+  type UndecodedMessage,
+} from './handler.js';
+
+/**
+ * How the state machine settles its delivery on the broker. Implemented by the consumer over a channel; in
+ * unit tests by a recorder.
+ */
+export interface DeliverySettler {
+  /** basic.ack; false when it cannot reach the broker (channel gone): the broker will redeliver. */
+  ack(): boolean;
+  /** Hands the delivery back: reject to the dead letter queue, or requeue (after the requeue delay). */
+  reject(): void;
+  /** Publishes an RPC reply (exchange `""`, routing key `replyTo`, not persistent, no Beetle headers). */
+  reply(replyTo: string, body: Buffer, headers: { readonly status: 'OK' | 'FAILED' }): Promise<void>;
+}
+
+export type SettleState = 'pending' | 'acked' | 'rejected';
+
+/**
+ * Settles a delivery exactly once: a second ack, or a reject after an ack, is refused and logged (Ruby
+ * rejects already-acked deliveries after store errors, weak spot 3, which closes the channel).
+ */
+export class OnceSettler {
+  private current: SettleState = 'pending';
+
+  constructor(
+    private readonly inner: DeliverySettler,
+    private readonly logger: Logger = silentLogger,
+    private readonly context: object = {},
+  ) {}
+
+  get state(): SettleState {
+    return this.current;
+  }
+
+  /** Whether the ack was sent (false if already settled or the channel is gone). */
+  ack(): boolean {
+    if (this.current !== 'pending') {
+      this.logger.error(
+        { ...this.context, state: this.current },
+        'refusing to ack a delivery already settled',
+      );
+      return false;
+    }
+    this.current = 'acked';
+    return this.inner.ack();
+  }
+
+  reject(): boolean {
+    if (this.current !== 'pending') {
+      this.logger.error(
+        { ...this.context, state: this.current },
+        'refusing to reject a delivery already settled',
+      );
+      return false;
+    }
+    this.current = 'rejected';
+    this.inner.reject();
+    return true;
+  }
+}
+
+export interface ProcessParams {
+  readonly delivery: RawDelivery;
+  /** AMQP queue name and broker of the delivery. */
+  readonly source: DeliverySource;
+  readonly handler: ResolvedHandler;
+  readonly store: DedupStore;
+  readonly settler: DeliverySettler;
+  readonly clock?: Clock;
+  readonly logger?: Logger;
+  /**
+   * Aborted on a forced stop: a running handler's signal is aborted and the delivery abandoned (neither
+   * settled nor recorded in the store), so the broker redelivers it once the channel closes.
+   */
+  readonly stopSignal?: AbortSignal;
+}
+
+export interface ProcessResult {
+  /** `undefined` when the delivery was abandoned by a forced stop. */
+  readonly outcome: Outcome | undefined;
+  readonly abandoned: boolean;
+  /** The decoded message (undefined when decoding failed). */
+  readonly message: HandlerMessage | undefined;
+  readonly settled: SettleState;
+  /** The decode, pre-process or handler error, or the internal error behind `InternalError`. */
+  readonly error: unknown;
+  readonly handlerCalled: boolean;
+  /** What the handler returned (the RPC reply body). */
+  readonly handlerResult: unknown;
+}
+
+/** Ruby's `handler_result.to_s`: buffers verbatim, `null`/`undefined` as empty, anything else `String()`. */
+export function replyBody(result: unknown): Buffer {
+  if (Buffer.isBuffer(result)) return result;
+  if (result instanceof Uint8Array) return Buffer.from(result);
+  if (result === undefined || result === null) return Buffer.alloc(0);
+  return Buffer.from(typeof result === 'string' ? result : String(result as string), 'utf8');
+}
+
+/**
+ * Runs one delivery through Beetle's processing state machine (reference §4.4, step for step) and the
+ * handler hooks in Ruby's order (§1.3). Never throws: anything escaping becomes `InternalError`.
+ */
+export function processDelivery(params: ProcessParams): Promise<ProcessResult> {
+  return new Processing(params).run();
+}
+
+type MutableHandlerMessage = Omit<HandlerMessage, 'attempt'> & { attempt: number };
+
+type RunResult =
+  | { readonly kind: 'ok'; readonly value: unknown }
+  | { readonly kind: 'error'; readonly error: unknown }
+  | { readonly kind: 'abandoned' };
+
+/** Node fires longer timers after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function handlerMessage(m: BeetleMessage): MutableHandlerMessage {
+  return {
+    decoded: true,
+    attempt: 0,
+    uuid: m.uuid,
+    timestamp: m.timestamp,
+    formatVersion: m.formatVersion,
+    flags: m.flags,
+    redundant: m.redundant,
+    expiresAt: m.expiresAt,
+    headers: m.headers,
+    body: m.body,
+    routingKey: m.routingKey,
+    exchange: m.exchange,
+    redelivered: m.redelivered,
+    deliveryCount: m.deliveryCount,
+    replyTo: m.replyTo,
+    queue: m.queue,
+    server: m.server,
+    text: () => m.text(),
+    json: <T>() => m.json<T>(),
+  };
+}
+
+function undecodedMessage(
+  delivery: RawDelivery,
+  source: DeliverySource,
+  error: MessageDecodingError,
+): UndecodedMessage {
+  const { messageId, headers } = delivery.properties;
+  return {
+    decoded: false,
+    queue: source.queue,
+    server: source.server,
+    uuid: typeof messageId === 'string' ? messageId : undefined,
+    body: delivery.content,
+    routingKey: delivery.fields.routingKey,
+    redelivered: delivery.fields.redelivered,
+    headers: typeof headers === 'object' && headers !== null ? headers : undefined,
+    delivery,
+    error,
+  };
+}
+
+class Processing {
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  private readonly settle: OnceSettler;
+  private readonly context: Record<string, unknown>;
+  private message: MutableHandlerMessage | undefined;
+  private undecoded: UndecodedMessage | undefined;
+  /** The exception for the `error` hook (Ruby `@exception || @pre_exception`). */
+  private exception: { readonly error: unknown } | undefined;
+  private handlerCalled = false;
+  private handlerResult: unknown;
+
+  constructor(private readonly params: ProcessParams) {
+    this.clock = params.clock ?? systemClock;
+    this.logger = params.logger ?? silentLogger;
+    const messageId = params.delivery.properties.messageId;
+    this.context = {
+      queue: params.source.queue,
+      server: params.source.server,
+      uuid: typeof messageId === 'string' ? messageId : undefined,
+    };
+    this.settle = new OnceSettler(params.settler, this.logger, this.context);
+  }
+
+  async run(): Promise<ProcessResult> {
+    const { handler, delivery, source } = this.params;
+    const decoded = decodeMessage(delivery, source);
+    let preError: { readonly error: unknown } | undefined;
+    if (decoded.ok) {
+      const message = handlerMessage(decoded.message);
+      this.message = message;
+      if (handler.preProcess !== undefined) {
+        try {
+          await handler.preProcess(message);
+        } catch (error) {
+          preError = { error };
+        }
+      }
+    } else {
+      this.undecoded = undecodedMessage(delivery, source, decoded.error);
+    }
+
+    let outcome: Outcome | undefined;
+    let internalError: { readonly error: unknown } | undefined;
+    try {
+      outcome = await this.machine(preError);
+    } catch (error) {
+      outcome = Outcome.InternalError;
+      internalError = { error };
+      this.logger.error(
+        { ...this.context, err: error, settled: this.settle.state },
+        'internal error while processing a message',
+      );
+    }
+
+    if (outcome === undefined) {
+      this.logger.warn(this.context, 'subscriber stopped while the handler was running; left for redelivery');
+      return this.result(undefined, undefined);
+    }
+
+    const callbackMessage: AnyMessage | undefined = this.message ?? this.undecoded;
+    if (internalError === undefined && callbackMessage !== undefined) {
+      const exception = this.exception;
+      if (exception !== undefined) {
+        await this.hook(
+          'error',
+          handler.onError && (() => handler.onError?.(exception.error, callbackMessage)),
+        );
+      }
+      if (isFailureOutcome(outcome)) {
+        const final = outcome;
+        await this.hook('failure', handler.onFailure && (() => handler.onFailure?.(final, callbackMessage)));
+      }
+    }
+
+    if (isRejectOutcome(outcome)) {
+      // After an ack (e.g. a store error in `acknowledged`) there is nothing left to hand back.
+      if (this.settle.state === 'pending') this.settle.reject();
+    } else {
+      await this.reply(outcome);
+    }
+
+    const message = this.message;
+    if (this.handlerCalled && message !== undefined) {
+      await this.hook('completed', handler.completed && (() => handler.completed?.(message)));
+    }
+    if (callbackMessage !== undefined) {
+      await this.hook('postProcess', handler.postProcess && (() => handler.postProcess?.(callbackMessage)));
+    }
+    return this.result(outcome, internalError?.error ?? this.exception?.error);
+  }
+
+  private result(outcome: Outcome | undefined, error: unknown): ProcessResult {
+    return {
+      outcome,
+      abandoned: outcome === undefined,
+      message: this.message,
+      settled: this.settle.state,
+      error,
+      handlerCalled: this.handlerCalled,
+      handlerResult: this.handlerResult,
+    };
+  }
+
+  /** Reference §4.4 `process_internal`, in its exact order. `undefined` = abandoned by a forced stop. */
+  private async machine(preError: { readonly error: unknown } | undefined): Promise<Outcome | undefined> {
+    const { handler, store } = this.params;
+    const message = this.message;
+    // 1. Decoding failed.
+    if (message === undefined) {
+      this.exception = this.undecoded && { error: this.undecoded.error };
+      this.settle.ack();
+      return Outcome.DecodingError;
+    }
+    // 2. preProcess threw.
+    if (preError !== undefined) {
+      this.exception = preError;
+      this.settle.ack();
+      return Outcome.PreprocessingError;
+    }
+    const now = this.clock.now();
+    // 3. Expired: acked, handler not run, no callbacks.
+    if (isExpired(message, now)) {
+      this.logger.warn({ ...this.context, expiresAt: message.expiresAt }, 'ignored expired message');
+      this.settle.ack();
+      return Outcome.Ancient;
+    }
+    // A forced stop before the store is touched: leave the message as it is, for redelivery.
+    if (this.params.stopSignal?.aborted) return undefined;
+    const policy = handler.policy;
+    const ref: MessageRef = { queue: this.params.source.queue, uuid: message.uuid };
+    // 4. Simple fast path: ack first (at most once), then run unless a recent duplicate.
+    if (isSimple(message.redundant, policy)) {
+      if (!this.settle.ack()) {
+        // The broker will redeliver it: running it now could run it twice.
+        throw new Error('could not ack a simple message (channel closed); left for redelivery');
+      }
+      if (!(await store.markCompletedIfNew(ref))) {
+        this.logger.debug(this.context, 'duplicate of a recently completed message; handler not run');
+        return Outcome.OK;
+      }
+      const run = await this.runHandler(1);
+      if (run.kind === 'abandoned') return undefined;
+      if (run.kind === 'ok') return Outcome.OK;
+      this.exception = { error: run.error };
+      return Outcome.AttemptsLimitReached;
+    }
+    // 5. First sighting: the message is ours.
+    const claim = await store.claim(ref, { expiresAt: message.expiresAt, timeoutAt: timeoutAt(now, policy) });
+    if (claim.first) return this.runAndRecord(ref, claim.attempts);
+    // 6. Seen before.
+    const { state } = claim;
+    if (state.status === 'completed') {
+      await this.ackAndForget(ref);
+      return Outcome.OK;
+    }
+    if (state.delay !== undefined && state.delay > now) return Outcome.Delayed;
+    // Unlike Ruby (weak spot 5), a missing timeout key counts as timed out, so the message cannot get stuck.
+    if (state.timeout !== undefined && state.timeout + TIMEOUT_GRACE_PERIOD >= now) {
+      return Outcome.HandlerNotYetTimedOut;
+    }
+    if (state.attempts >= policy.attemptsLimit) {
+      await store.complete(ref);
+      await this.ackAndForget(ref);
+      return Outcome.AttemptsLimitReached;
+    }
+    if (state.exceptions > policy.exceptionsLimit) {
+      await store.complete(ref);
+      await this.ackAndForget(ref);
+      return Outcome.ExceptionsLimitReached;
+    }
+    const acquired = await store.acquire(ref, {
+      now,
+      timeoutAt: timeoutAt(now, policy),
+      staleAfter: policy.timeout + TIMEOUT_GRACE_PERIOD,
+    });
+    if (!acquired.acquired) return Outcome.MutexLocked;
+    return this.runAndRecord(ref, acquired.attempts);
+  }
+
+  /** Ruby `run_handler!`: run, then complete → ack → acknowledged, or record the failure. */
+  private async runAndRecord(ref: MessageRef, attempts: number): Promise<Outcome | undefined> {
+    const { store, handler } = this.params;
+    const run = await this.runHandler(attempts);
+    if (run.kind === 'abandoned') return undefined;
+    if (run.kind === 'ok') {
+      await store.complete(ref);
+      await this.ackAndForget(ref);
+      return Outcome.OK;
+    }
+    this.exception = { error: run.error };
+    const { policy } = handler;
+    const failed = await store.fail(ref, {
+      now: this.clock.now(),
+      attemptsLimit: policy.attemptsLimit,
+      exceptionsLimit: policy.exceptionsLimit,
+      accepted: this.accepts(run.error),
+      delay: policy.delay,
+      maxDelay: policy.maxDelay,
+    });
+    if (failed.outcome === Outcome.HandlerCrash) {
+      this.logger.warn(
+        { ...this.context, err: run.error, attempts: failed.attempts, delayUntil: failed.delayUntil },
+        'handler crashed; will retry',
+      );
+      return Outcome.HandlerCrash;
+    }
+    // The store has already completed the message.
+    await this.ackAndForget(ref);
+    return failed.outcome;
+  }
+
+  /** Broker ack, then let the store forget the message; keys stay if the ack did not reach the broker. */
+  private async ackAndForget(ref: MessageRef): Promise<void> {
+    if (this.settle.ack()) {
+      await this.params.store.acknowledged(ref, { redundant: this.message?.redundant ?? false });
+    } else {
+      this.logger.warn(this.context, 'ack did not reach the broker; dedup keys kept for the redelivery');
+    }
+  }
+
+  private accepts(error: unknown): boolean {
+    try {
+      return isRetriable(this.params.handler.retryOn, error);
+    } catch (predicateError) {
+      this.logger.error({ ...this.context, err: predicateError }, 'retryOn predicate threw; not retrying');
+      return false;
+    }
+  }
+
+  /** Runs the handler with its timeout. JS cannot pre-empt: at the timeout the signal aborts, late results are ignored. */
+  private runHandler(attempt: number): Promise<RunResult> {
+    const message = this.message;
+    if (message === undefined) throw new Error('runHandler without a decoded message');
+    const { handler, stopSignal, source } = this.params;
+    if (stopSignal?.aborted) return Promise.resolve({ kind: 'abandoned' });
+    message.attempt = attempt;
+    this.handlerCalled = true;
+    const controller = new AbortController();
+    const context: HandlerContext = {
+      signal: controller.signal,
+      attempt,
+      server: source.server,
+      queue: source.queue,
+      logger: this.logger,
+    };
+    const timeoutSeconds = handler.policy.timeout;
+    return new Promise<RunResult>((resolve) => {
+      let done = false;
+      const finish = (result: RunResult): boolean => {
+        if (done) return false;
+        done = true;
+        this.clock.clearTimeout(timer);
+        stopSignal?.removeEventListener('abort', onStop);
+        resolve(result);
+        return true;
+      };
+      const onStop = (): void => {
+        if (finish({ kind: 'abandoned' })) controller.abort(new SubscriberStoppedError());
+      };
+      const timer = this.clock.setTimeout(
+        () => {
+          const error = new HandlerTimeoutError(timeoutSeconds, source.queue, message.uuid);
+          if (finish({ kind: 'error', error })) {
+            this.logger.warn({ ...this.context, attempt }, error.message);
+            controller.abort(error);
+          }
+        },
+        Math.min(timeoutSeconds * 1000, MAX_TIMER_MS),
+      );
+      stopSignal?.addEventListener('abort', onStop, { once: true });
+      new Promise<unknown>((resolveRun) => resolveRun(handler.process(message, context))).then(
+        (value) => {
+          if (finish({ kind: 'ok', value })) this.handlerResult = value;
+          else
+            this.logger.warn(
+              { ...this.context, attempt },
+              'handler finished after its timeout; result ignored',
+            );
+        },
+        (error: unknown) => {
+          if (!finish({ kind: 'error', error })) {
+            this.logger.warn(
+              { ...this.context, attempt, err: error },
+              'handler failed after its timeout; ignored',
+            );
+          }
+        },
+      );
+    });
+  }
+
+  private async reply(outcome: Outcome): Promise<void> {
+    const replyTo = this.message?.replyTo ?? this.params.delivery.properties.replyTo;
+    if (typeof replyTo !== 'string' || replyTo === '') return;
+    try {
+      await this.params.settler.reply(replyTo, replyBody(this.handlerResult), {
+        status: outcome === Outcome.OK ? 'OK' : 'FAILED',
+      });
+    } catch (error) {
+      this.logger.error({ ...this.context, err: error, replyTo }, 'could not publish the RPC reply');
+    }
+  }
+
+  private async hook(name: string, call: (() => unknown) | undefined): Promise<void> {
+    if (call === undefined) return;
+    try {
+      await call();
+    } catch (error) {
+      this.logger.error({ ...this.context, err: error, hook: name }, 'handler hook failed');
+    }
+  }
+}

@@ -1,0 +1,237 @@
+import { Outcome, Topology, createConfig, type BeetleConfigInput, type DedupStore } from '@beetle/core';
+import { RedisDedupStore } from '@beetle/dedup-redis';
+import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  deleteQueues,
+  killConsumerConnections,
+  messageCount,
+  publish,
+  publishRaw,
+  redisServer,
+  servers,
+  take,
+  uid,
+  waitFor,
+} from './integration-helpers.js';
+
+interface Setup {
+  queue: string;
+  subscriber: Subscriber;
+  store: DedupStore;
+  processed: ProcessedEvent[];
+}
+
+const cleanups: (() => Promise<void>)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function setup(configInput: BeetleConfigInput = {}): Setup {
+  const queue = `beetle-sub-it-${uid()}`;
+  const topology = new Topology();
+  topology.registerQueue(queue);
+  const config = createConfig({
+    servers,
+    subscriberReconnectDelay: 0.2,
+    subscriberReconnectMaxDelay: 1,
+    subscriberConnectTimeout: 2,
+    publisherReadResponseTimeout: 3,
+    stopTimeout: 5,
+    ...configInput,
+  });
+  const store = new RedisDedupStore({ redisServer, failoverTimeout: 3 });
+  const subscriber = new Subscriber({ config, topology, store });
+  const processed: ProcessedEvent[] = [];
+  subscriber.on('processed', (event) => processed.push(event));
+  cleanups.push(async () => {
+    await subscriber.stop({ timeout: 1 });
+    await store.close();
+    await deleteQueues([queue]);
+  });
+  return { queue, subscriber, store, processed };
+}
+
+describe('Subscriber against real brokers and Redis', () => {
+  it('runs a redundant message published to both brokers exactly once; both copies acked; no keys left', async () => {
+    const { queue, subscriber, store, processed } = setup();
+    const runs: string[] = [];
+    subscriber.register(queue, (message) => {
+      runs.push(`${message.server}:${message.text()}`);
+    });
+    const status = await subscriber.listen();
+    expect(status.map((s) => s.state)).toEqual(['consuming', 'consuming']);
+
+    const uuid = await publish(servers, queue, queue, 'hello', { redundant: true });
+    await waitFor(() => processed.length === 2, 10_000, 'both copies processed');
+    expect(runs).toHaveLength(1);
+    expect(processed.map((p) => p.outcome)).toEqual([Outcome.OK, Outcome.OK]);
+    expect(new Set(processed.map((p) => p.server))).toEqual(new Set(servers));
+    expect(processed.every((p) => p.settled === 'acked')).toBe(true);
+    expect(await store.inspect({ queue, uuid })).toEqual({});
+
+    await subscriber.stop();
+    for (const server of servers) expect(await messageCount(server, queue)).toBe(0);
+  });
+
+  it('retries with delay 1 s and attempts 3, spaced by the store delay and the requeue delay', async () => {
+    const { queue, subscriber, store, processed } = setup();
+    const times: number[] = [];
+    subscriber.register(
+      queue,
+      () => {
+        times.push(Date.now());
+        if (times.length < 3) throw new Error(`attempt ${times.length} fails`);
+        return 'third time lucky';
+      },
+      { delay: 1, attempts: 3, exceptions: 2 },
+    );
+    await subscriber.listen();
+    const uuid = await publish([servers[0]!], queue, queue, 'retry me');
+    await waitFor(() => processed.some((p) => p.outcome === Outcome.OK), 15_000, 'the successful attempt');
+    expect(times).toHaveLength(3);
+    for (let i = 1; i < times.length; i++) {
+      // rejectRequeueDelay (1 s) before the redelivery, and the store's delay (whole seconds) respected.
+      expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(950);
+      expect(Math.floor(times[i]! / 1000)).toBeGreaterThanOrEqual(Math.floor(times[i - 1]! / 1000) + 1);
+    }
+    const outcomes = processed.map((p) => p.outcome);
+    expect(outcomes.filter((o) => o === Outcome.HandlerCrash)).toHaveLength(2);
+    expect(outcomes.at(-1)).toBe(Outcome.OK);
+    expect(
+      outcomes.every((o) => o === Outcome.HandlerCrash || o === Outcome.Delayed || o === Outcome.OK),
+    ).toBe(true);
+    expect(await store.inspect({ queue, uuid })).toEqual({});
+  });
+
+  it('acks undecodable deliveries (DecodingError) and keeps processing the following valid message', async () => {
+    const { queue, subscriber, processed } = setup();
+    const bodies: string[] = [];
+    const errors: string[] = [];
+    subscriber.register(queue, (message) => void bodies.push(message.text()), {
+      errback: (message, error) => errors.push(`${message.decoded}:${(error as Error).name}`),
+    });
+    await subscriber.listen();
+    const server = servers[0]!;
+    // No Beetle headers at all.
+    await publishRaw(server, queue, queue, Buffer.from('plain'), { messageId: 'no-headers' });
+    // Garbage Beetle headers.
+    await publishRaw(server, queue, queue, Buffer.from('junk'), {
+      messageId: 'garbage',
+      headers: { format_version: 'x', flags: 'y', expires_at: 'z' },
+    });
+    // No message id, empty body.
+    await publishRaw(server, queue, queue, Buffer.alloc(0), {});
+    // A valid message with an empty body is fine.
+    await publish([server], queue, queue, '');
+    await publish([server], queue, queue, 'valid');
+    await waitFor(() => processed.length === 5, 10_000, 'five deliveries');
+    expect(processed.map((p) => p.outcome)).toEqual([
+      Outcome.DecodingError,
+      Outcome.DecodingError,
+      Outcome.DecodingError,
+      Outcome.OK,
+      Outcome.OK,
+    ]);
+    expect(errors).toEqual([
+      'false:MessageDecodingError',
+      'false:MessageDecodingError',
+      'false:MessageDecodingError',
+    ]);
+    expect(bodies).toEqual(['', 'valid']);
+    await subscriber.stop();
+    expect(await messageCount(server, queue)).toBe(0);
+  });
+
+  it('stop() acks what completed and leaves a handler still running at the deadline for redelivery', async () => {
+    const { queue, subscriber, store } = setup({ prefetchCount: 2, subscriberConcurrency: 2 });
+    const server = servers[0]!;
+    let releaseQuick!: () => void;
+    const quickGate = new Promise<void>((resolve) => (releaseQuick = resolve));
+    const started: string[] = [];
+    let slowSignal: AbortSignal | undefined;
+    subscriber.register(
+      queue,
+      async (message, ctx) => {
+        const body = message.text();
+        started.push(body);
+        if (body === 'quick') {
+          await quickGate;
+          return;
+        }
+        slowSignal = ctx.signal;
+        await new Promise(() => undefined); // never finishes
+      },
+      { attempts: 2, exceptions: 1 },
+    );
+    await subscriber.listen([queue]);
+    await publish([server], queue, queue, 'quick');
+    const slowId = await publish([server], queue, queue, 'slow');
+    await waitFor(() => started.length === 2, 10_000, 'both handlers running');
+
+    const stopping = subscriber.stop({ timeout: 1.5 });
+    // A delivery arriving while stopping is not processed (consumers are cancelled first).
+    setTimeout(releaseQuick, 300);
+    const result = await stopping;
+    expect(result.abandoned).toBe(1);
+    expect(slowSignal?.aborted).toBe(true);
+    expect(await messageCount(server, queue)).toBe(1);
+    const redelivered = await take(server, queue);
+    expect(redelivered && redelivered.content.toString()).toBe('slow');
+    expect(redelivered && redelivered.fields.redelivered).toBe(true);
+    // The abandoned attempt stays recorded as running (its timeout protects against a double run).
+    expect(await store.inspect({ queue, uuid: slowId })).toMatchObject({
+      status: 'incomplete',
+      attempts: '1',
+    });
+    await store.acknowledged({ queue, uuid: slowId }, { redundant: false });
+  });
+
+  it('reconnects a broker whose connection was closed and restores its consumers; the other is undisturbed', async () => {
+    const { queue, subscriber, processed } = setup();
+    const events: string[] = [];
+    subscriber.on('disconnected', (e) => events.push(`disconnected ${e.server}`));
+    subscriber.on('connected', (e) => events.push(`connected ${e.server}`));
+    subscriber.register(queue, (message) => message.text());
+    await subscriber.listen();
+    events.length = 0;
+    const [victim, other] = [servers[0]!, servers[1]!];
+    await waitFor(
+      async () => (await killConsumerConnections(victim)) > 0,
+      15_000,
+      'the consumer connection to show up',
+    );
+    await waitFor(() => events.includes(`connected ${victim}`), 15_000, 'the reconnect');
+    expect(events).toEqual([`disconnected ${victim}`, `connected ${victim}`]);
+    await publish([victim], queue, queue, 'after reconnect');
+    await publish([other], queue, queue, 'other broker');
+    await waitFor(() => processed.length === 2, 10_000, 'both messages');
+    expect(new Set(processed.map((p) => p.server))).toEqual(new Set(servers));
+    expect(processed.every((p) => p.outcome === Outcome.OK)).toBe(true);
+  });
+
+  it('an unreachable broker in the list does not stop consumption on the others', async () => {
+    const { queue, subscriber, processed } = setup({ servers: [...servers, '127.0.0.1:5699'] });
+    const disconnected: string[] = [];
+    subscriber.on('error', (event) => {
+      if (event.phase === 'connect' && event.server) disconnected.push(event.server);
+    });
+    subscriber.register(queue, () => 'ok');
+    const status = await subscriber.listen();
+    const byServer = Object.fromEntries(status.map((s) => [s.server, s.state]));
+    expect(byServer).toEqual({
+      [servers[0]!]: 'consuming',
+      [servers[1]!]: 'consuming',
+      '127.0.0.1:5699': 'disconnected',
+    });
+    for (const server of servers) await publish([server], queue, queue, `via ${server}`);
+    await waitFor(() => processed.length === 2, 10_000, 'messages from both live brokers');
+    expect(processed.every((p) => p.outcome === Outcome.OK)).toBe(true);
+    // It keeps retrying in the background.
+    await waitFor(() => disconnected.length >= 2, 5_000, 'a reconnect attempt');
+    expect(subscriber.status().find((s) => s.server === '127.0.0.1:5699')?.failures).toBeGreaterThanOrEqual(
+      2,
+    );
+  });
+});
