@@ -16,17 +16,25 @@ import {
   PREFETCH,
   WINDOW,
   drive,
+  drivePaced,
   hostPort,
+  percentile,
+  round,
   rawBroker,
   suffix,
   waitUntil,
 } from './common.js';
-import { summarize, type E2eHarness, type E2eRun } from './e2e-harness.js';
+import { startMeters, summarize, type E2eHarness, type E2eRun } from './e2e-harness.js';
 
 export interface BeetleE2eOptions {
   readonly servers: readonly string[];
   /** `host:port`; db {@link BENCH_REDIS_DB} is flushed first. */
   readonly redisServer: string;
+  /** Seconds; default Beetle's (1). For investigating the cost of requeued racing copies. */
+  readonly rejectRequeueDelay?: number;
+  /** Default {@link PREFETCH} / {@link CONCURRENCY}. */
+  readonly prefetch?: number;
+  readonly concurrency?: number;
 }
 
 export interface BeetleE2eHarness extends E2eHarness {
@@ -56,8 +64,9 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
     servers,
     publisherMaxInFlight: WINDOW,
     publishTimeout: 60,
-    prefetchCount: PREFETCH,
-    subscriberConcurrency: CONCURRENCY,
+    prefetchCount: options.prefetch ?? PREFETCH,
+    subscriberConcurrency: options.concurrency ?? CONCURRENCY,
+    rejectRequeueDelay: options.rejectRequeueDelay,
   });
   const store = new RedisDedupStore({ redisServer: options.redisServer, db: BENCH_REDIS_DB });
   const subscriber = new Subscriber({ config, topology, store });
@@ -69,6 +78,7 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
   let requeues = 0;
   const started = new Map<number, number>();
   const latencies: number[] = [];
+  const processing: number[] = [];
   const outcomes = new Map<string, number>();
   subscriber.register(queue, (message) => {
     handlerRuns++;
@@ -77,6 +87,7 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
   });
   subscriber.on('processed', (event) => {
     outcomes.set(event.outcome, (outcomes.get(event.outcome) ?? 0) + 1);
+    processing.push(event.durationMs);
     if (event.settled === 'acked') acked++;
     else requeues++;
     if (event.outcome === Outcome.InternalError) {
@@ -91,16 +102,19 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
     throw new Error(`subscriber not consuming on ${notConsuming.map((s) => s.server).join(', ')}`);
   }
 
-  const run = async (messages: number): Promise<E2eRun> => {
+  const run = async (messages: number, rate?: number): Promise<E2eRun> => {
     acked = 0;
     handlerRuns = 0;
     requeues = 0;
     latencies.length = 0;
+    processing.length = 0;
     outcomes.clear();
     started.clear();
-    const cpu0 = process.cpuUsage();
+    const meters = startMeters();
     const t0 = performance.now();
-    await drive(messages, WINDOW, async () => {
+    const pace = (op: () => Promise<void>): Promise<void> =>
+      rate === undefined ? drive(messages, WINDOW, op) : drivePaced(messages, rate, WINDOW, op);
+    await pace(async () => {
       const i = seq++;
       started.set(i, performance.now());
       const copies = await publisher.publish(queue, Buffer.from(String(i), 'latin1'));
@@ -108,14 +122,18 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
     });
     await waitUntil(() => acked >= 2 * messages, 180_000, `${2 * messages} Beetle copies acked`);
     const seconds = (performance.now() - t0) / 1000;
-    return summarize(messages, seconds, latencies, process.cpuUsage(cpu0), { handlerRuns, requeues });
+    return {
+      ...summarize(messages, seconds, latencies, meters, { handlerRuns, requeues }),
+      processingP50: round(percentile(processing, 50), 1),
+      processingP99: round(percentile(processing, 99), 1),
+    };
   };
 
   return {
     name: 'Beetle redundant end-to-end',
     settings:
-      `Publisher publisherMaxInFlight ${WINDOW}, confirms on; Subscriber prefetchCount ${PREFETCH}, ` +
-      `subscriberConcurrency ${CONCURRENCY}, rejectRequeueDelay ${config.rejectRequeueDelay} s; ` +
+      `Publisher publisherMaxInFlight ${WINDOW}, confirms on; Subscriber prefetchCount ${config.prefetchCount}, ` +
+      `subscriberConcurrency ${config.subscriberConcurrency}, rejectRequeueDelay ${config.rejectRequeueDelay} s; ` +
       `RedisDedupStore ${options.redisServer} db ${BENCH_REDIS_DB}; empty handler`,
     outcomes,
     run,

@@ -2,7 +2,9 @@
  * Shared helpers of the benchmarks: settings from the environment, raw amqplib connections, statistics.
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import amqp from 'amqplib';
 
@@ -111,6 +113,29 @@ export async function drive(
   await Promise.all(Array.from({ length: Math.min(window, count) }, worker));
 }
 
+/**
+ * Starts operation i at `i / rate` seconds (open loop: an operation does not wait for the previous one), at
+ * most `window` in flight. Resolves when all have completed.
+ */
+export async function drivePaced(
+  count: number,
+  rate: number,
+  window: number,
+  op: (i: number) => Promise<unknown>,
+): Promise<void> {
+  const started = performance.now();
+  const running = new Set<Promise<unknown>>();
+  for (let i = 0; i < count; i++) {
+    const due = started + (i * 1000) / rate;
+    const wait = due - performance.now();
+    if (wait > 1) await sleep(wait);
+    while (running.size >= window) await Promise.race(running);
+    const task: Promise<unknown> = op(i).finally(() => running.delete(task));
+    running.add(task);
+  }
+  await Promise.all(running);
+}
+
 /** Resolves when `check()` holds; rejects after `ms` naming `what`. */
 export async function waitUntil(check: () => boolean, ms: number, what: string): Promise<void> {
   const deadline = Date.now() + ms;
@@ -161,4 +186,26 @@ export async function bounded<T>(what: string, ms: number, fn: () => Promise<T>)
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Jiffies of the whole machine (all CPUs): busy and total, from /proc/stat (zeros where unavailable). */
+export function machineCpu(): { busy: number; total: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+    const fields = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = fields.reduce((a, b) => a + b, 0);
+    const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
+    return { busy: total - idle, total };
+  } catch {
+    return { busy: 0, total: 0 };
+  }
+}
+
+/** Share of the machine's CPU time that was busy between two `machineCpu()` readings, percent. */
+export function busyPercent(
+  before: { busy: number; total: number },
+  after: { busy: number; total: number },
+): number {
+  const total = after.total - before.total;
+  return total > 0 ? round(((after.busy - before.busy) / total) * 100) : Number.NaN;
 }

@@ -1,6 +1,7 @@
 /**
  * The benchmark runner: `pnpm bench [--json] [--messages N] [--rounds R] [--only e2e,publish,redis,outage]
- * [--outage-seconds S] [--outage-mode stop-broker|dead-port]`.
+ * [--outage-seconds S] [--outage-mode stop-broker|dead-port]`; for investigations also [--requeue-delay S]
+ * [--prefetch N] [--concurrency N] (Beetle subscriber settings of the e2e benchmark).
  *
  * Measures on the same brokers (`BEETLE_SERVERS`, default 127.0.0.1:5672,127.0.0.1:5673) and Redis
  * (`BEETLE_REDIS_SERVER`, default 127.0.0.1:6379, db 5 flushed first):
@@ -39,6 +40,11 @@ const { values } = parseArgs({
     only: { type: 'string' },
     'outage-seconds': { type: 'string', default: '60' },
     'outage-mode': { type: 'string', default: 'stop-broker' },
+    /** Investigation only: the subscriber's rejectRequeueDelay in the e2e benchmark (default Beetle's 1 s). */
+    'requeue-delay': { type: 'string' },
+    /** Investigation only: the Beetle subscriber's prefetchCount / subscriberConcurrency in the e2e benchmark. */
+    prefetch: { type: 'string' },
+    concurrency: { type: 'string' },
   },
 });
 
@@ -81,6 +87,12 @@ interface E2eResult {
   readonly beetle: E2eRun & { readonly settings: string; readonly outcomes: Record<string, number> };
   readonly ratio: number;
   readonly perRound: { raw: number; beetle: number; ratio: number }[];
+  readonly paced: {
+    rate: number;
+    messages: number;
+    raw: { p50: number; p99: number };
+    beetle: { p50: number; p99: number; requeues: number };
+  };
 }
 
 const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
@@ -91,11 +103,27 @@ const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
   handlerRuns: Math.max(...runs.map((r) => r.handlerRuns)),
   requeues: Math.max(...runs.map((r) => r.requeues)),
   cpuUs: round(median(runs.map((r) => r.cpuUs)), 1),
+  machineBusy: round(median(runs.map((r) => r.machineBusy))),
+  loopDelayP50: round(median(runs.map((r) => r.loopDelayP50)), 1),
+  loopDelayP99: round(median(runs.map((r) => r.loopDelayP99)), 1),
+  ...(runs[0]?.processingP50 === undefined
+    ? {}
+    : {
+        processingP50: round(median(runs.map((r) => r.processingP50 ?? 0)), 1),
+        processingP99: round(median(runs.map((r) => r.processingP99 ?? 0)), 1),
+      }),
 });
 
 async function e2e(): Promise<E2eResult> {
   const raw: E2eHarness = await rawE2e(servers);
-  const beetle = await beetleE2e({ servers, redisServer });
+  const requeueDelay = values['requeue-delay'];
+  const beetle = await beetleE2e({
+    servers,
+    redisServer,
+    rejectRequeueDelay: requeueDelay === undefined ? undefined : Number(requeueDelay),
+    prefetch: values.prefetch === undefined ? undefined : positive('prefetch', values.prefetch),
+    concurrency: values.concurrency === undefined ? undefined : positive('concurrency', values.concurrency),
+  });
   try {
     const warm = Math.min(2000, options.messages);
     options.log(`  warm-up: ${warm} messages each`);
@@ -111,8 +139,11 @@ async function e2e(): Promise<E2eResult> {
       const b = beetleRuns.at(-1)!;
       const a = rawRuns.at(-1)!;
       options.log(
-        `  round ${r + 1}: raw ${a.rate} msgs/s (p50 ${a.p50} ms, p99 ${a.p99} ms, ${a.cpuUs} us CPU/msg), ` +
+        `  round ${r + 1}: raw ${a.rate} msgs/s (p50 ${a.p50} ms, p99 ${a.p99} ms, ${a.cpuUs} us CPU/msg, ` +
+          `machine ${a.machineBusy}% busy, loop delay p50 ${a.loopDelayP50} ms), ` +
           `Beetle ${b.rate} msgs/s (p50 ${b.p50} ms, p99 ${b.p99} ms, ${b.cpuUs} us CPU/msg, ` +
+          `per delivery p50 ${b.processingP50} ms p99 ${b.processingP99} ms, machine ${b.machineBusy}% busy, ` +
+          `loop delay p50 ${b.loopDelayP50} ms p99 ${b.loopDelayP99} ms, ` +
           `handler runs ${b.handlerRuns}, requeues ${b.requeues})`,
       );
       if (b.handlerRuns !== options.messages) {
@@ -121,12 +152,24 @@ async function e2e(): Promise<E2eResult> {
     }
     const rawMedian = medianRun(rawRuns);
     const beetleMedian = medianRun(beetleRuns);
+    // Latency below saturation: both sides offered half of Beetle's throughput, open loop, for ~10 s.
+    const rate = Math.max(10, Math.round(beetleMedian.rate / 2));
+    const pacedCount = Math.min(options.messages, rate * 10);
+    options.log(`  paced: ${pacedCount} messages at ${rate} msgs/s each`);
+    const rawPaced = await raw.run(pacedCount, rate);
+    const beetlePaced = await beetle.run(pacedCount, rate);
     return {
       messages: options.messages,
       rounds: options.rounds,
       raw: { ...rawMedian, settings: raw.settings },
       beetle: { ...beetleMedian, settings: beetle.settings, outcomes: Object.fromEntries(outcomes) },
       ratio: round(beetleMedian.rate / rawMedian.rate, 3),
+      paced: {
+        rate,
+        messages: pacedCount,
+        raw: { p50: rawPaced.p50, p99: rawPaced.p99 },
+        beetle: { p50: beetlePaced.p50, p99: beetlePaced.p99, requeues: beetlePaced.requeues },
+      },
       perRound: rawRuns.map((a, i) => ({
         raw: a.rate,
         beetle: beetleRuns[i]!.rate,
@@ -232,8 +275,23 @@ async function main(): Promise<void> {
         `client CPU ${beetle.cpuUs} us/msg`,
     );
     out(
-      `  (latency: publish -> handler completion, first copy; Beetle outcomes over all rounds ` +
+      `  Beetle time per delivery in the subscriber (slot taken -> settled): p50 ${beetle.processingP50} ms, ` +
+        `p99 ${beetle.processingP99} ms`,
+    );
+    out(
+      `  machine CPU busy (all processes): raw ${raw.machineBusy}%, Beetle ${beetle.machineBusy}%; ` +
+        `event loop delay p50/p99: raw ${raw.loopDelayP50}/${raw.loopDelayP99} ms, ` +
+        `Beetle ${beetle.loopDelayP50}/${beetle.loopDelayP99} ms`,
+    );
+    out(
+      `  (latency at saturation, backlog included: publish -> handler completion, first copy; Beetle outcomes over all rounds ` +
         `${JSON.stringify(beetle.outcomes)}, requeues/round max ${beetle.requeues})`,
+    );
+    const { paced } = results.e2e;
+    out(
+      `  below saturation (open loop, ${paced.rate} msgs/s, ${paced.messages} messages): latency p50/p99 ` +
+        `raw ${paced.raw.p50}/${paced.raw.p99} ms, Beetle ${paced.beetle.p50}/${paced.beetle.p99} ms ` +
+        `(Beetle requeues ${paced.beetle.requeues})`,
     );
     out(
       `  ratio ${ratio} of raw  (target >= ${TARGETS.e2eRatio}: ${verdict(ratio >= TARGETS.e2eRatio)}); ` +
@@ -264,15 +322,23 @@ async function main(): Promise<void> {
     out(
       `Redis per redundant message (both copies; ${r.messages} messages on ${r.private ? 'a private' : 'the shared'} Redis ${r.redis}):`,
     );
-    out(
-      `  client round trips ${r.clientRoundTrips ?? 'n/a (no MONITOR on a shared Redis)'} ` +
-        `(target <= ${TARGETS.roundTrips}, Ruby 8: ${r.clientRoundTrips === undefined ? 'n/a' : verdict(r.clientRoundTrips <= TARGETS.roundTrips)})  ` +
-        `${JSON.stringify(r.clientCommands)}`,
-    );
+    if (r.clientRoundTrips === undefined || r.happyPathRoundTrips === undefined) {
+      out('  client round trips n/a (MONITOR needs a private Redis)');
+    } else {
+      out(
+        `  client round trips ${r.clientRoundTrips}; happy path ${r.happyPathRoundTrips} ` +
+          `(target <= ${TARGETS.roundTrips}, Ruby 8: ${verdict(r.happyPathRoundTrips <= TARGETS.roundTrips)}; ` +
+          `+1 claim per copy requeued while its twin ran: ${r.requeuedPerMessage} per message)  ` +
+          `${JSON.stringify(r.clientCommands)}`,
+      );
+    }
     out(
       `  commands executed  ${r.commandsExecuted} (incl. inside Lua scripts)  ${JSON.stringify(r.executedCommands)}`,
     );
-    out(`  outcomes ${JSON.stringify(r.outcomes)}`);
+    out(
+      `  Redis server CPU ${r.serverCpuUs} us per message${r.private ? '' : ' (shared server: includes other clients)'}; ` +
+        `outcomes of the last run ${JSON.stringify(r.outcomes)}`,
+    );
   }
 
   results.outage = await step('outage', (options.outageSeconds + 400) * 1000, () =>

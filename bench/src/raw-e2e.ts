@@ -13,13 +13,14 @@ import {
   declareBeetleQueue,
   deleteBeetleQueue,
   drive,
+  drivePaced,
   rawBroker,
   rawProperties,
   suffix,
   waitUntil,
   type RawBroker,
 } from './common.js';
-import { summarize, type E2eHarness, type E2eRun } from './e2e-harness.js';
+import { startMeters, summarize, type E2eHarness, type E2eRun } from './e2e-harness.js';
 
 export async function rawE2e(servers: readonly string[]): Promise<E2eHarness> {
   if (servers.length < 2) throw new Error('the redundant ceiling needs two brokers');
@@ -59,12 +60,14 @@ export async function rawE2e(servers: readonly string[]): Promise<E2eHarness> {
     consumers.push({ connection, channel });
   }
 
-  const run = async (messages: number): Promise<E2eRun> => {
+  const run = async (messages: number, rate?: number): Promise<E2eRun> => {
     acked = 0;
     latencies.length = 0;
-    const cpu0 = process.cpuUsage();
+    const meters = startMeters();
     const t0 = performance.now();
-    await drive(messages, WINDOW, async () => {
+    const pace = (op: () => Promise<void>): Promise<void> =>
+      rate === undefined ? drive(messages, WINDOW, op) : drivePaced(messages, rate, WINDOW, op);
+    await pace(async () => {
       const i = seq++;
       const body = Buffer.from(String(i), 'latin1');
       const properties = rawProperties(true);
@@ -73,7 +76,7 @@ export async function rawE2e(servers: readonly string[]): Promise<E2eHarness> {
     });
     await waitUntil(() => acked >= 2 * messages, 120_000, `${2 * messages} raw copies consumed`);
     const seconds = (performance.now() - t0) / 1000;
-    return summarize(messages, seconds, latencies, process.cpuUsage(cpu0), {
+    return summarize(messages, seconds, latencies, meters, {
       handlerRuns: messages,
       requeues: 0,
     });

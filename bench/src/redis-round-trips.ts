@@ -19,11 +19,26 @@ export interface RoundTripResult {
   readonly private: boolean;
   /** Commands sent by clients per redundant message (both copies together); undefined without MONITOR. */
   readonly clientRoundTrips: number | undefined;
+  /**
+   * `clientRoundTrips` without the extra claim of each copy that was handed back (`HandlerNotYetTimedOut`: it
+   * arrived while its twin's handler ran, and was requeued and claimed again): the happy path.
+   */
+  readonly happyPathRoundTrips: number | undefined;
+  /** Copies handed back per message in the MONITOR run. */
+  readonly requeuedPerMessage: number | undefined;
   /** Commands executed per redundant message, script-internal ones included (commandstats). */
   readonly commandsExecuted: number;
   readonly clientCommands: Record<string, number>;
   readonly executedCommands: Record<string, number>;
   readonly outcomes: Record<string, number>;
+  /** Redis server CPU (used_cpu_user + used_cpu_sys) per redundant message, microseconds. */
+  readonly serverCpuUs: number;
+}
+
+async function serverCpuSeconds(admin: Redis): Promise<number> {
+  const info = await admin.info('cpu');
+  const field = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0);
+  return field('used_cpu_user') + field('used_cpu_sys');
 }
 
 async function commandCalls(admin: Redis): Promise<Map<string, number>> {
@@ -67,33 +82,46 @@ export async function redisRoundTrips(
   try {
     await harness.run(Math.min(500, messages)); // warm-up: connections, script loading
     await sleep(200);
-    let monitor: Redis | undefined;
+    // 1. commandstats and server CPU, nothing else attached.
+    const before = await commandCalls(admin);
+    const cpuBefore = await serverCpuSeconds(admin);
+    await harness.run(messages);
+    await sleep(300);
+    const cpuAfter = await serverCpuSeconds(admin);
+    const after = await commandCalls(admin);
+    // 2. The same workload again under MONITOR: what the clients sent (private Redis only).
     const client = new Map<string, number>();
     if (handle !== undefined) {
-      monitor = await admin.monitor();
+      const monitor = await admin.monitor();
       monitor.on('monitor', (_time: string, args: string[], source: string) => {
         const name = (args[0] ?? '').toLowerCase();
         if (source !== 'lua') client.set(name, (client.get(name) ?? 0) + 1);
       });
+      await harness.run(messages);
+      await sleep(300);
+      monitor.disconnect();
     }
-    const before = await commandCalls(admin);
-    await harness.run(messages);
-    await sleep(300);
-    const after = await commandCalls(admin);
-    monitor?.disconnect();
     const executed = new Map<string, number>();
     for (const [name, n] of after) executed.set(name, n - (before.get(name) ?? 0));
     const clientCommands = perMessage(client, messages);
     const executedCommands = perMessage(executed, messages);
+    const rejected = [...harness.outcomes]
+      .filter(([outcome]) => outcome !== 'OK')
+      .reduce((sum, [, n]) => sum + n, 0);
+    const clientRoundTrips = handle === undefined ? undefined : total(clientCommands);
     return {
       messages,
       redis,
       private: handle !== undefined,
-      clientRoundTrips: handle === undefined ? undefined : total(clientCommands),
+      clientRoundTrips,
+      happyPathRoundTrips:
+        clientRoundTrips === undefined ? undefined : round(clientRoundTrips - rejected / messages, 2),
+      requeuedPerMessage: handle === undefined ? undefined : round(rejected / messages, 3),
       commandsExecuted: total(executedCommands),
       clientCommands,
       executedCommands,
       outcomes: Object.fromEntries(harness.outcomes),
+      serverCpuUs: round(((cpuAfter - cpuBefore) * 1e6) / messages, 1),
     };
   } finally {
     await harness.close();

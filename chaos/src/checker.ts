@@ -15,6 +15,8 @@ export class Tally {
   readonly failed = new Map<string, string>();
   /** id → every handler completion (time, pid). */
   readonly completions = new Map<string, { at: number; pid: number }[]>();
+  /** id → what happened to its deliveries and handler runs (`P`, `D`, `H` records), for diagnostics. */
+  readonly history = new Map<string, string[]>();
   /** ids held in a handler to be SIGKILLed there. */
   readonly held = new Set<string>();
   totalCompletions = 0;
@@ -23,25 +25,31 @@ export class Tally {
   /** Adds one record line (see `protocol.ts`). */
   add(line: string): void {
     if (line === '') return;
-    const [kind, id, at, a, b] = line.split(' ');
+    const [kind, id, at, a, b, c, d, e] = line.split(' ');
     const ms = Number(at);
     if (id === undefined || !Number.isFinite(ms)) {
       this.malformed++;
       return;
     }
     switch (kind) {
+      case 'P':
+        this.note(id, ms, `pid ${a} ${c} ${b} ${d}${e === '1' ? ' redelivered' : ''}`);
+        break;
       case 'A':
         this.attempted.set(id, ms);
         break;
       case 'C':
         this.confirmed.set(id, Number(a));
         this.confirmedAt.set(id, ms);
+        this.note(id, ms, `publish confirmed by ${a} broker(s)`);
         break;
       case 'F':
         this.failed.set(id, a ?? 'Error');
+        this.note(id, ms, `publish failed: ${a ?? 'Error'}`);
         break;
       case 'H':
         this.held.add(id);
+        this.note(id, ms, `pid ${a} handler held (to be SIGKILLed)`);
         break;
       case 'D': {
         let list = this.completions.get(id);
@@ -51,12 +59,33 @@ export class Tally {
         }
         list.push({ at: ms, pid: Number(a) });
         this.totalCompletions++;
-        void b;
+        this.note(id, ms, `pid ${a} ${c ?? '?'} handler completed (attempt ${b ?? '?'})`);
         break;
       }
       default:
         this.malformed++;
     }
+  }
+
+  private note(id: string, ms: number, what: string): void {
+    let list = this.history.get(id);
+    if (list === undefined) {
+      list = [];
+      this.history.set(id, list);
+    }
+    list.push(`${ms} ${what}`);
+  }
+
+  /** The history of an id, times relative to its publish attempt. */
+  describe(id: string): string[] {
+    const start = this.attempted.get(id) ?? 0;
+    return (this.history.get(id) ?? [])
+      .map((entry) => {
+        const space = entry.indexOf(' ');
+        return { at: Number(entry.slice(0, space)), what: entry.slice(space + 1) };
+      })
+      .sort((x, y) => x.at - y.at)
+      .map(({ at, what }) => `+${at - start}ms ${what}`);
   }
 
   /** Confirmed ids not completed yet. */
@@ -98,7 +127,9 @@ export interface Verdict {
   /** Not confirmed but completed (fine: the publish's outcome was unknown). */
   readonly indeterminate: number;
   readonly lostIds: string[];
-  readonly duplicatedIds: { id: string; times: number; pids: number[] }[];
+  /** Histories of (the first few) lost ids. */
+  readonly lostHistory: Record<string, string[]>;
+  readonly duplicatedIds: { id: string; times: number; pids: number[]; history: string[] }[];
   readonly unexpectedIds: string[];
   /** Publish attempt → first handler completion, in ms, over confirmed and completed ids. */
   readonly latencyMs: Percentiles;
@@ -139,7 +170,12 @@ export function judge(tally: Tally): Verdict {
     if (done.length > 1) {
       duplicated++;
       if (duplicatedIds.length < SHOWN_IDS)
-        duplicatedIds.push({ id, times: done.length, pids: done.map((d) => d.pid) });
+        duplicatedIds.push({
+          id,
+          times: done.length,
+          pids: done.map((d) => d.pid),
+          history: tally.describe(id),
+        });
     }
     if (!tally.attempted.has(id)) {
       unexpected++;
@@ -166,6 +202,7 @@ export function judge(tally: Tally): Verdict {
     unexpected,
     indeterminate,
     lostIds,
+    lostHistory: Object.fromEntries(lostIds.slice(0, 5).map((id) => [id, tally.describe(id)])),
     duplicatedIds,
     unexpectedIds,
     latencyMs: {

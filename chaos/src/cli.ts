@@ -2,7 +2,7 @@
  * `pnpm chaos [--messages M] [--duration S] [--seed N] [--publishers P] [--consumers C]
  *             [--faults kill-broker,n-1-down,redis-stop,redis-promote,consumer-kill,broker-pause,mixed|none]
  *             [--max-faults K] [--drain S] [--base-port PORT] [--concurrency N] [--status-key-expiry S]
- *             [--keep] [--json]`
+ *             [--keep] [--keep-services] [--json]`
  *
  * Exit status: 0 when nothing was lost, duplicated or unexpected; 1 otherwise; 2 when the run itself failed.
  */
@@ -14,7 +14,7 @@ import { randomSeed } from './prng.js';
 
 const USAGE = `usage: pnpm chaos [--messages 1000] [--duration 60] [--seed N] [--publishers 1] [--consumers 2]
                   [--faults ${FAULTS.join(',')},mixed|none] [--max-faults K] [--drain 90]
-                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--keep] [--json]`;
+                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--keep] [--keep-services] [--json]`;
 
 function fail(message: string): never {
   process.stderr.write(`${message}\n${USAGE}\n`);
@@ -65,6 +65,13 @@ export function formatResult(result: ChaosResult): string {
       `p99 ${result.latencyMs.p99} ms, max ${result.latencyMs.max} ms`,
     `phases:      setup ${result.seconds.setup}s, publishing ${result.seconds.publishing}s, drain ${result.seconds.drain}s` +
       `${result.drained ? '' : ' (deadline reached)'}, total ${result.seconds.total}s`,
+    ...result.duplicatedIds
+      .slice(0, 5)
+      .flatMap((d) => [`history of duplicated ${d.id}:`, ...d.history.map((h) => `  ${h}`)]),
+    ...Object.entries(result.lostHistory).flatMap(([id, history]) => [
+      `history of lost ${id}:`,
+      ...history.map((h) => `  ${h}`),
+    ]),
     ...(result.crashes.length > 0 ? [`crashes:     ${result.crashes.join('; ')}`] : []),
     ...(result.runDir ? [`run directory: ${result.runDir}`] : []),
     `verdict:     ${result.ok ? 'OK' : 'FAILED'}`,
@@ -89,6 +96,7 @@ async function main(): Promise<void> {
         concurrency: { type: 'string' },
         'status-key-expiry': { type: 'string' },
         keep: { type: 'boolean', default: false },
+        'keep-services': { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
@@ -130,6 +138,7 @@ async function main(): Promise<void> {
       concurrency: Math.floor(number('concurrency', v.concurrency, 1)),
       statusKeyExpiry: Math.floor(number('status-key-expiry', v['status-key-expiry'], 0)),
       keepDir: v.keep,
+      keepServices: v['keep-services'],
       signal: controller.signal,
     });
     process.stdout.write(v.json ? `${JSON.stringify(result, null, 2)}\n` : formatResult(result));

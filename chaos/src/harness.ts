@@ -46,6 +46,10 @@ export interface ChaosOptions {
   readonly workMs?: readonly [number, number];
   /** Publishes in flight per publisher (default 20). */
   readonly window?: number;
+  /** Leave the run's own services running at the end (a later run on the same ports reuses them). */
+  readonly keepServices?: boolean;
+  /** SIGKILL the run's own brokers at the end instead of stopping them gracefully (faster; for tests). */
+  readonly killServicesAtEnd?: boolean;
   /** Keep the run directory (records, worker logs) even when the run passed. */
   readonly keepDir?: boolean;
   /** Progress lines (default: stderr). */
@@ -137,7 +141,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const nemesisPrng = prng.fork();
   const dir = mkdtempSync(join(tmpdir(), 'beetle-chaos-'));
   const queue = `chaos_${options.seed}_${randomBytes(3).toString('hex')}`;
-  const faultsLabel = options.faults === 'mixed' ? 'mixed' : options.faults.join(',');
+  const faultsLabel =
+    options.faults === 'mixed' ? 'mixed' : options.faults.length === 0 ? 'none' : options.faults.join(',');
   log(
     `seed ${options.seed}: ${options.messages} messages in ${options.duration}s, ${options.publishers} publisher(s), ` +
       `${options.consumers} consumer(s), faults ${faultsLabel}; run directory ${dir}`,
@@ -157,6 +162,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     for (const tail of tails) for (const line of tail.read()) tally.add(line);
   };
   let poller: NodeJS.Timeout | undefined;
+  let nemesis: Promise<ExecutedFault[]> | undefined;
   let ok = false;
 
   try {
@@ -182,6 +188,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     };
 
     const spawnConsumer = async (index: number): Promise<Worker> => {
+      if (shuttingDown) throw new Error('shutting down: no new consumer');
       const name = `consumer-${index}-${generation++}`;
       const settings: ConsumerSettings = {
         ...system,
@@ -195,8 +202,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       const worker = new Worker(settings, join(dir, `${name}.log`));
       all.push(worker);
       consumers[index] = worker;
+      let ready = false;
       void worker.exited.then((exit) => {
-        if (worker.expectedExit || shuttingDown) return;
+        // Before it was ready, the failure surfaces through `waitFor` below.
+        if (worker.expectedExit || shuttingDown || !ready) return;
         const what = `${worker.name} died unexpectedly (${exit.code ?? exit.signal}); see ${worker.logFile}`;
         crashes.push(what);
         log(what);
@@ -207,6 +216,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         }
       });
       await abortable(worker.waitFor(isType('ready'), READY_TIMEOUT_MS, 'ready'));
+      ready = true;
       return worker;
     };
 
@@ -269,7 +279,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         ? `SIGKILL ${victim.name} inside the handler of ${held}; replaced by ${replacement.name}`
         : `SIGKILL ${victim.name} (idle: no delivery within 15 s); replaced by ${replacement.name}`;
     };
-    const nemesis = runNemesis(
+    nemesis = runNemesis(
       nemesisPrng,
       {
         faults: options.faults,
@@ -384,18 +394,22 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   } finally {
     shuttingDown = true;
     if (poller) clearInterval(poller);
+    // A fault in progress is taken to its end first (e.g. a broker restart), so nothing comes up after the stop.
+    if (nemesis) await nemesis.catch((error: unknown) => log(`nemesis: ${String(error)}`));
     for (const worker of all) worker.kill('SIGKILL');
     await Promise.all(all.map((w) => w.exited));
     if (cluster !== undefined) {
       const servers = cluster.servers;
       try {
-        if (!owned) await cluster.heal();
+        if (!owned || options.keepServices) await cluster.heal();
         await deleteQueue(servers, queue);
       } catch (error) {
         log(`cleanup: ${error instanceof Error ? error.message : String(error)}`);
       }
-      if (owned) {
-        await cluster.stop().catch((error: unknown) => log(String(error)));
+      if (owned && !options.keepServices) {
+        await cluster
+          .stop({ kill: options.killServicesAtEnd ?? false })
+          .catch((error: unknown) => log(String(error)));
       }
     }
     if (ok && !options.keepDir) rmSync(dir, { recursive: true, force: true });

@@ -70,9 +70,11 @@ export type FromWorker =
  * - `C <id> <ms> <copies>`: publish confirmed by `copies` brokers (1 or 2);
  * - `F <id> <ms> <error>`: publish rejected or timed out (outcome unknown);
  * - `H <id> <ms> <pid>`: consumer holds this handler run, to be killed in it;
- * - `D <id> <ms> <pid> <attempt> <server>`: handler completed (written before the handler returns).
+ * - `D <id> <ms> <pid> <attempt> <server>`: handler completed (written before the handler returns);
+ * - `P <id> <ms> <pid> <outcome> <server> <settled> <redelivered 0|1>`: a delivery finished processing
+ *   (diagnostics: the history of a duplicated or lost id).
  */
-export type RecordKind = 'A' | 'C' | 'F' | 'H' | 'D';
+export type RecordKind = 'A' | 'C' | 'F' | 'H' | 'D' | 'P';
 
 /** An append-only record file written with synchronous writes. */
 export class RecordFile {

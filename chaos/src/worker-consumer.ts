@@ -42,6 +42,20 @@ async function handler(message: HandlerMessage, context: HandlerContext): Promis
   records.write('D', message.uuid, Date.now(), process.pid, context.attempt, context.server);
 }
 
+subscriber.on('processed', (event) => {
+  if (event.message === undefined) return;
+  records.write(
+    'P',
+    event.message.uuid,
+    Date.now(),
+    process.pid,
+    event.outcome,
+    event.server,
+    event.settled,
+    event.message.redelivered ? 1 : 0,
+  );
+});
+
 subscriber.register(settings.queue, handler, {
   attempts: settings.attempts,
   timeout: settings.handlerTimeout,

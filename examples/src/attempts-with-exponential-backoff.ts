@@ -49,7 +49,11 @@ export async function runBackoff(
 ): Promise<BackoffSummary> {
   const started = Date.now();
   const { print, logger } = output(options);
-  const retry = { exceptions: options.exceptions ?? 4, delay: options.delay ?? 1, maxDelay: options.maxDelay ?? 10 };
+  const retry = {
+    exceptions: options.exceptions ?? 4,
+    delay: options.delay ?? 1,
+    maxDelay: options.maxDelay ?? 10,
+  };
   const queue = `beetle-example-${deadLettering ? 'dlx-' : ''}backoff-${runId()}`;
   const config = exampleConfig(
     options,

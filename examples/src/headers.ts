@@ -32,9 +32,9 @@ export async function main(options: ExampleOptions = {}): Promise<HeadersSummary
   const queue = `beetle-example-headers-${runId()}`;
   const config = exampleConfig(options, {}, logger);
   const client = new Client({ config, logger }).queue(queue).message<typeof queue, string>(queue);
-  let received: Record<string, unknown> | null = null;
+  const seen: { headers?: Record<string, unknown> } = {};
   client.handler(queue, (message) => {
-    received = { ...message.headers };
+    seen.headers = { ...message.headers };
     for (const [key, value] of Object.entries(message.headers)) {
       print(`header ${key} = ${JSON.stringify(value)} (${typeof value})`);
     }
@@ -42,12 +42,12 @@ export async function main(options: ExampleOptions = {}): Promise<HeadersSummary
   try {
     await client.listen();
     await client.publish(queue, 'a message with headers', { headers: SENT_HEADERS });
-    await waitFor(() => received !== null, 10_000);
+    await waitFor(() => seen.headers !== undefined, 10_000);
   } finally {
     await client.stop();
     await deleteTopology(config, { queues: [queue], exchanges: [queue] });
   }
-  const got: Record<string, unknown> | null = received;
+  const got = seen.headers ?? null;
   const nullDropped = got !== null && !('nothing' in got);
   return {
     example: 'headers',

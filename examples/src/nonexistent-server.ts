@@ -65,7 +65,9 @@ export async function main(options: NonexistentServerOptions = {}): Promise<None
     if (event.phase !== 'connect' || event.server !== deadServer) return;
     reconnectAttempts++;
     const reason = event.error instanceof Error ? event.error.message : String(event.error);
-    print(`subscriber: connection attempt ${reconnectAttempts} to ${deadServer} failed (${reason}); will retry`);
+    print(
+      `subscriber: connection attempt ${reconnectAttempts} to ${deadServer} failed (${reason}); will retry`,
+    );
   });
   let publishFailovers = 0;
   client.publisher.on('failover', (event) => {

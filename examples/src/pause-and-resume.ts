@@ -65,7 +65,13 @@ export async function main(options: PauseAndResumeOptions = {}): Promise<PauseAn
   client.handler(queue, (message) => {
     handled++;
     const state =
-      pausedAt === undefined ? 'listening' : !pauseDone ? 'pausing' : resumedAt === undefined ? 'paused' : 'resumed';
+      pausedAt === undefined
+        ? 'listening'
+        : !pauseDone
+          ? 'pausing'
+          : resumedAt === undefined
+            ? 'paused'
+            : 'resumed';
     if (state === 'paused') handledWhilePaused++;
     if (state === 'resumed') handledAfterResume++;
     print(`handled message ${message.text()} (${state})`);

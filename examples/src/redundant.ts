@@ -77,7 +77,9 @@ export async function main(options: RedundantOptions = {}): Promise<RedundantSum
   let copies = 0;
   let redisKeysLeft = -1;
   try {
-    print(`brokers ${config.servers.join(' + ')}, dedup store redis ${config.redisServer} db ${config.redisDb}`);
+    print(
+      `brokers ${config.servers.join(' + ')}, dedup store redis ${config.redisServer} db ${config.redisDb}`,
+    );
     await client.listen();
     print(`publishing ${count} redundant messages to ${queue} ...`);
     const results = await Promise.all(

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { brokerAddress, configFromEnv, createConfig, Topology } from '@beetle/core';
+import { brokerAddress, configFromEnv, createConfig, parseKey, Topology } from '@beetle/core';
 import type { BeetleConfig, BeetleConfigInput, Logger } from '@beetle/core';
 import type { RedisDedupStore } from '@beetle/dedup-redis';
 
@@ -55,10 +55,7 @@ export function exampleConfig(
       subscriberReconnectMaxDelay: 5,
       stopTimeout: 5,
     },
-    configFromEnv(
-      env,
-      logger ? { onIgnoredKey: (k) => logger.debug(`ignoring ${k.key}: ${k.reason}`) } : {},
-    ),
+    configFromEnv(env, logger ? { onIgnoredKey: (k) => logger.debug(`ignoring ${k.key}: ${k.reason}`) } : {}),
     settings,
     options.config,
   );
@@ -163,7 +160,8 @@ export async function deleteTopology(
       paths.push(`/api/policies/${vhost}/${encodeURIComponent(`${name}_policy`)}`);
     }
   }
-  for (const exchange of what.exchanges ?? []) paths.push(`/api/exchanges/${vhost}/${encodeURIComponent(exchange)}`);
+  for (const exchange of what.exchanges ?? [])
+    paths.push(`/api/exchanges/${vhost}/${encodeURIComponent(exchange)}`);
   const results = await Promise.all(
     config.servers.flatMap((server) =>
       paths.map(async (path) => {
@@ -186,7 +184,12 @@ export async function queueLength(config: BeetleConfig, queue: string): Promise<
   const counts = await Promise.all(
     config.servers.map(async (server) => {
       try {
-        const response = await management(config, server, 'GET', `/api/queues/${vhost}/${encodeURIComponent(queue)}`);
+        const response = await management(
+          config,
+          server,
+          'GET',
+          `/api/queues/${vhost}/${encodeURIComponent(queue)}`,
+        );
         if (!response.ok) {
           await response.body?.cancel();
           return 0;
@@ -206,6 +209,18 @@ export async function dedupKeysLeft(store: RedisDedupStore, queue: string): Prom
   let count = 0;
   for await (const _key of store.scanKeys({ match: `msgid:${queue}:*` })) count++;
   return count;
+}
+
+/** Deletes the dedup keys of a queue (what Beetle's garbage collection would do once they expire). */
+export async function deleteDedupKeys(store: RedisDedupStore, queue: string): Promise<number> {
+  const ids = new Set<string>();
+  for await (const key of store.scanKeys({ match: `msgid:${queue}:*` })) {
+    const parsed = parseKey(key);
+    if (parsed !== undefined) ids.add(parsed.msgId);
+  }
+  let deleted = 0;
+  for (const id of ids) deleted += await store.deleteMessageKeys(id);
+  return deleted;
 }
 
 /** Formats a summary as aligned `key: value` lines. */

@@ -77,7 +77,9 @@ export async function main(options: ThrottlingOptions = {}): Promise<ThrottlingS
   try {
     await client.listen();
     client.throttle({ [queue]: limit });
-    print(`publishing ${count} messages; consumer needs ${handlerMs} ms per message; throttling above ${limit}`);
+    print(
+      `publishing ${count} messages; consumer needs ${handlerMs} ms per message; throttling above ${limit}`,
+    );
     const progress = setInterval(() => print(`published ${published}, handled ${handled}, ${state}`), 1000);
     try {
       for (let n = 1; n <= count; n++) {

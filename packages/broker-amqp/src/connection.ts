@@ -448,7 +448,7 @@ interface PublishChannelHooks {
 class AmqpPublishChannel implements PublishChannel {
   private readonly pending = new Map<number, PendingConfirm>();
   private sequence = 0;
-  private closedError: Error | undefined;
+  private closedError: BrokerError | undefined;
   private closeReason: Error | undefined;
   private needsDrain = false;
   private readonly drainWaiters = new Set<() => void>();
@@ -469,7 +469,7 @@ class AmqpPublishChannel implements PublishChannel {
     channel.on('close', () => {
       this.failAll(this.channelClosedError());
       this.wakeDrain();
-      hooks.onClosed(reason);
+      hooks.onClosed(this.closeReason);
     });
     channel.on('drain', () => {
       this.needsDrain = false;

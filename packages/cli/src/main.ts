@@ -45,13 +45,13 @@ function version(): string {
 const findCommand = (name: string): CommandSpec | undefined =>
   commands.find((c) => c.name === name || c.aliases?.includes(name));
 
-function flagLines(specs: FlagSpecs): string[] {
-  const entries = Object.entries(specs).map(([name, spec]) => {
-    const short = spec.short === undefined ? '    ' : `-${spec.short}, `;
-    const label = `${short}--${name}${spec.value === undefined ? '' : ` ${spec.value}`}`;
-    return [label, spec.description] as const;
-  });
-  const width = Math.min(34, Math.max(...entries.map(([label]) => label.length)));
+const flagLabel = (name: string, spec: FlagSpecs[string]): string =>
+  `${spec.short === undefined ? '    ' : `-${spec.short}, `}--${name}${spec.value === undefined ? '' : ` ${spec.value}`}`;
+
+function flagLines(specs: FlagSpecs, width: number): string[] {
+  const entries = Object.entries(specs).map(
+    ([name, spec]) => [flagLabel(name, spec), spec.description] as const,
+  );
   return entries.map(([label, description]) =>
     label.length > width
       ? `  ${label}\n  ${' '.repeat(width)}  ${description}`
@@ -60,6 +60,8 @@ function flagLines(specs: FlagSpecs): string[] {
 }
 
 export function commandHelp(command: CommandSpec): string {
+  const all = Object.entries({ ...command.flags, ...generalFlags, ...configFlags });
+  const width = Math.min(30, Math.max(...all.map(([name, spec]) => flagLabel(name, spec).length)));
   const lines = [
     `Usage: beetle ${command.name}${command.args === '' ? '' : ` ${command.args}`} [flags]`,
     '',
@@ -68,11 +70,10 @@ export function commandHelp(command: CommandSpec): string {
     command.description,
     '',
     'Flags:',
-    ...flagLines(command.flags),
-    ...flagLines(generalFlags),
+    ...flagLines({ ...command.flags, ...generalFlags }, width),
     '',
     'Configuration flags (win over BEETLE_* variables, which win over the configuration file):',
-    ...flagLines(configFlags),
+    ...flagLines(configFlags, width),
   ];
   if (command.aliases !== undefined && command.aliases.length > 0) {
     lines.push('', `Aliases: ${command.aliases.join(', ')}`);

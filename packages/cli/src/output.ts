@@ -26,10 +26,32 @@ export const defaultIo = (): CliIo => ({
 
 /** Plain lines to stdout / stderr. */
 export class Printer {
+  private full = false;
+
   constructor(readonly io: CliIo) {}
 
   out(line = ''): void {
-    this.io.stdout.write(`${line}\n`);
+    if (this.io.stdout.write(`${line}\n`) === false) this.full = true;
+  }
+
+  /** Waits until stdout has drained if a write reported a full buffer (bounded memory for big dumps). */
+  async drain(): Promise<void> {
+    if (!this.full) return;
+    this.full = false;
+    const stream = this.io.stdout as {
+      once?: (event: string, listener: () => void) => unknown;
+      off?: (event: string, listener: () => void) => unknown;
+    };
+    const { once, off } = stream;
+    if (typeof once !== 'function' || typeof off !== 'function') return;
+    await new Promise<void>((resolve) => {
+      const events = ['drain', 'close', 'error'];
+      const done = (): void => {
+        for (const event of events) off.call(stream, event, done);
+        resolve();
+      };
+      for (const event of events) once.call(stream, event, done);
+    });
   }
 
   json(value: unknown): void {

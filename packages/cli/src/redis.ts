@@ -163,7 +163,8 @@ export class RespClient {
     socket.setNoDelay(true);
     const client = new RespClient(address, socket, options.commandTimeoutMs ?? 10_000);
     try {
-      if (options.password !== undefined && options.password !== '') await client.call('AUTH', options.password);
+      if (options.password !== undefined && options.password !== '')
+        await client.call('AUTH', options.password);
       if (options.db !== undefined && options.db !== 0) await client.call('SELECT', options.db);
     } catch (error) {
       client.close();

@@ -168,6 +168,7 @@ export class Client<M extends MessageMap = MessageMap> {
         config: this.config,
         topology: this.topology,
         store: this.store,
+        pool: this.pool,
         logger: this.logger,
       });
       for (const { queues, handler, options } of this.handlers) {

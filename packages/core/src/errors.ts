@@ -16,6 +16,7 @@ export type BeetleErrorReason =
   | 'broker-blocked'
   | 'publish-timeout'
   | 'policy-request'
+  | 'queue-setup'
   | 'closed'
   | 'timeout';
 

@@ -4,6 +4,7 @@ export * from './retry-policy.js';
 export * from './envelope.js';
 export * from './topology.js';
 export * from './logger.js';
+export { TypedEmitter } from './events.js';
 export {
   brokerAddress,
   configFromEnv,

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ConfigurationError, defaultConfig, keyOf } from '@beetle/core';
-import { isRetriableRedisError, RedisDedupStore, RedisUnavailableError } from '../src/index.js';
+import { isRetriableRedisError, RedisUnavailableError } from '../src/connection.js';
+import { RedisDedupStore } from '../src/index.js';
 import { rawClient, requireSharedRedis, TEST_REDIS } from './helpers.js';
 
 describe('configuration', () => {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import {
+  TypedEmitter,
   BeetleError,
   ClosedError,
   encodeMessage,
@@ -22,7 +23,6 @@ import {
   type PublishChannel,
   type SetupQueueResult,
 } from '@beetle/broker-amqp';
-import { TypedEmitter } from './emitter.js';
 import { Slots } from './slots.js';
 
 /** Per-publish options (Ruby's publishing options, plus `messageId`). They override the registration. */
@@ -79,15 +79,15 @@ export interface BrokerSetupReport {
 }
 
 /** `setupQueuesAndPolicies` failed on some broker or for some policy; `report` has the details. */
-export class QueueSetupError extends AggregateError {
-  readonly reason = 'queue-setup' as const;
+export class QueueSetupError extends BeetleError {
   constructor(
     readonly report: readonly BrokerSetupReport[],
-    errors: unknown[],
+    readonly errors: readonly unknown[],
   ) {
     const failed = report.filter((r) => r.error !== undefined || r.queues.some((q) => q.policy === 'failed'));
-    super(errors, `queue setup failed on ${failed.map((r) => r.server).join(', ')}`);
-    this.name = 'QueueSetupError';
+    super('queue-setup', `queue setup failed on ${failed.map((r) => r.server).join(', ')}`, {
+      cause: errors[0],
+    });
   }
 }
 

@@ -7,7 +7,7 @@ import {
   UnknownMessageError,
 } from '@beetle/core';
 import { BrokerPool, type BrokerConnection } from '@beetle/broker-amqp';
-import { Publisher, type PublisherEvents } from '@beetle/publisher';
+import { Publisher, QueueSetupError, type PublisherEvents } from '@beetle/publisher';
 import {
   blackHole,
   cleanup,
@@ -325,10 +325,11 @@ describe('Publisher', () => {
   it('setupQueuesAndPolicies rejects with a report naming the failed broker', async () => {
     const name = `bt-setupf-${uid()}`;
     const p = publisher(setup(name), { servers: [s1, UNREACHABLE] });
-    const error = (await p.setupQueuesAndPolicies().catch((e: unknown) => e)) as {
-      report: { server: string; error?: unknown }[];
-    };
-    expect(error).toBeInstanceOf(AggregateError);
+    const error = await p.setupQueuesAndPolicies().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(QueueSetupError);
+    if (!(error instanceof QueueSetupError)) return;
+    expect(error.reason).toBe('queue-setup');
+    expect(error.message).toContain(UNREACHABLE);
     expect(error.report.find((r) => r.server === UNREACHABLE)?.error).toBeDefined();
     expect(error.report.find((r) => r.server === s1)?.error).toBeUndefined();
   });

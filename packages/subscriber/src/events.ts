@@ -1,4 +1,4 @@
-import type { Logger, Outcome } from '@beetle/core';
+import type { Outcome } from '@beetle/core';
 import type { HandlerMessage } from './handler.js';
 
 /** One delivery finished processing (for metrics). */
@@ -49,40 +49,4 @@ export interface SubscriberEvents {
   error: SubscriberErrorEvent;
   connected: BrokerEvent;
   disconnected: BrokerDisconnectedEvent;
-}
-
-type Listener<T> = (payload: T) => void;
-
-/** A minimal typed emitter; listener exceptions are logged and never reach the emitter. */
-export class TypedEmitter<E extends object> {
-  private readonly listeners = new Map<keyof E, Set<Listener<never>>>();
-
-  constructor(private readonly listenerLogger: Logger) {}
-
-  /** Adds a listener; returns a function that removes it. */
-  on<K extends keyof E>(event: K, listener: Listener<E[K]>): () => void {
-    let set = this.listeners.get(event);
-    if (set === undefined) {
-      set = new Set();
-      this.listeners.set(event, set);
-    }
-    set.add(listener);
-    return () => this.off(event, listener);
-  }
-
-  off<K extends keyof E>(event: K, listener: Listener<E[K]>): void {
-    this.listeners.get(event)?.delete(listener);
-  }
-
-  protected emit<K extends keyof E>(event: K, payload: E[K]): void {
-    const set = this.listeners.get(event);
-    if (set === undefined) return;
-    for (const listener of [...set]) {
-      try {
-        (listener as Listener<E[K]>)(payload);
-      } catch (error) {
-        this.listenerLogger.error({ err: error, event: String(event) }, 'event listener threw');
-      }
-    }
-  }
 }

@@ -19,7 +19,7 @@ export type { DeliverySettler, ProcessParams, ProcessResult, SettleState } from 
 export { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
 export { systemClock } from './clock.js';
 export type { Clock, TimerHandle } from './clock.js';
-export { SubscriberConnections, defaultQueueSetup, reconnectDelay } from './broker.js';
+export { defaultQueueSetup } from './broker.js';
 export type {
   ConsumerConnection,
   Delivery,

@@ -1,4 +1,5 @@
 import {
+  TypedEmitter,
   ClosedError,
   ConfigurationError,
   Outcome,
@@ -21,7 +22,7 @@ import {
   type SubscriberPool,
 } from './broker.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
-import { TypedEmitter, type SubscriberErrorEvent, type SubscriberEvents } from './events.js';
+import type { SubscriberErrorEvent, SubscriberEvents } from './events.js';
 import { resolveHandler, type Handler, type HandlerOptions, type ResolvedHandler } from './handler.js';
 import { processDelivery, type DeliverySettler } from './processing.js';
 

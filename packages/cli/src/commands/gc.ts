@@ -1,9 +1,18 @@
+import { readFile } from 'node:fs/promises';
 import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core';
 import type { CommandContext, CommandSpec } from '../command.js';
-import { databasesFlag, durationFlag, UsageError } from '../options.js';
+import { databasesFlag, durationFlag, stringFlag, UsageError } from '../options.js';
+import { Progress } from '../output.js';
 import type { RespClient } from '../redis.js';
 import { jsonFlag } from './shared.js';
-import { scanDatabase, scanSettings, storeToolFlags, withRestarts, type MasterWatcher } from './scan.js';
+import {
+  interrupted,
+  scanDatabase,
+  scanSettings,
+  storeToolFlags,
+  withRestarts,
+  type MasterWatcher,
+} from './scan.js';
 
 /** The Go command's statistics schema (`beetle:lastgc` in db 0). */
 export interface GcQueueInfo {
@@ -115,6 +124,22 @@ class GcRun {
   }
 }
 
+/** Go's `--redis-gc-key-file`: only lines that are `:expires` keys are used. */
+const KEY_FILE_LINE = /^(msgid:[^:]+:[-0-9a-f]*):expires$/;
+
+async function readKeyFile(path: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    throw new UsageError(`cannot read --key-file ${path}: ${(error as Error).message}`);
+  }
+  return text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => KEY_FILE_LINE.test(line));
+}
+
 const RULE = '-'.repeat(62);
 
 function printInfo(ctx: CommandContext, info: GcInfo): void {
@@ -161,6 +186,12 @@ expired message is dropped by every consumer (Ancient), so its keys are useless 
       description: 'alias of --threshold (Go name)',
     },
     'dry-run': { type: 'boolean', description: 'count only: delete nothing, store no statistics' },
+    'key-file': {
+      type: 'string',
+      value: '<file>',
+      description: 'instead of scanning, check the msgid:…:expires keys listed in this file (no orphans)',
+    },
+    'redis-gc-key-file': { type: 'string', value: '<file>', description: 'alias of --key-file (Go name)' },
     ...storeToolFlags,
     ...jsonFlag,
   },
@@ -179,22 +210,31 @@ expired message is dropped by every consumer (Ancient), so its keys are useless 
     const { count, pauseMs } = scanSettings(ctx, 10_000);
     const dryRun = ctx.flags['dry-run'] === true;
     const json = ctx.flags['json'] === true;
+    const keyFilePath = stringFlag(ctx.flags, 'key-file') ?? stringFlag(ctx.flags, 'redis-gc-key-file');
+    const keyFile = keyFilePath === undefined ? undefined : await readKeyFile(keyFilePath);
 
     const info = await withRestarts(ctx, async (watcher: MasterWatcher, connect) => {
       const run = new GcRun(Math.floor(Date.now() / 1000), threshold, dryRun);
       for (const db of databases) {
         const redis = await connect(db);
         const before = { messages: run.messages, expired: run.expired, orphans: run.orphans };
-        await scanDatabase(
-          ctx,
-          redis,
-          watcher,
-          { match: 'msgid:*', count, pauseMs, label: `gc db ${db}` },
-          async (keys) => {
-            await run.batch(redis, keys);
-            return `${run.expired - before.expired} expired, ${run.orphans - before.orphans} orphans`;
-          },
-        );
+        const onBatch = async (keys: string[]): Promise<string> => {
+          await run.batch(redis, keys);
+          return `${run.expired - before.expired} expired, ${run.orphans - before.orphans} orphans`;
+        };
+        if (keyFile === undefined) {
+          const options = { match: 'msgid:*', count, pauseMs, label: `gc db ${db}` };
+          await scanDatabase(ctx, redis, watcher, options, onBatch);
+        } else {
+          const progress = new Progress(ctx.io, `gc db ${db}`, keyFile.length);
+          for (let i = 0; i < keyFile.length; i += count) {
+            if (ctx.signal.aborted) throw interrupted();
+            await watcher.check();
+            const extra = await onBatch(keyFile.slice(i, i + count));
+            progress.tick(count, extra);
+          }
+          progress.finish();
+        }
         const verb = dryRun ? 'would be' : 'were';
         (json ? ctx.print.err.bind(ctx.print) : ctx.print.out.bind(ctx.print))(
           `db ${db} on ${watcher.master}: ${run.messages - before.messages} messages, ` +

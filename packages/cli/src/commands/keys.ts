@@ -1,7 +1,14 @@
 import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core';
 import { isRedisAddress } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
-import { databasesFlag, durationFlag, stringFlag, UsageError, type FlagValues } from '../options.js';
+import {
+  databasesFlag,
+  durationFlag,
+  numberFlag,
+  stringFlag,
+  UsageError,
+  type FlagValues,
+} from '../options.js';
 import { RespClient, type RespArg } from '../redis.js';
 import { escapeGlob, scanDatabase, scanSettings, storeToolFlags, withRestarts } from './scan.js';
 
@@ -75,6 +82,7 @@ input format of Beetle's script/analyze-expiries).`,
           { match, count, pauseMs, label: `dump db ${db}` },
           async (keys) => {
             for (const entry of await expiries(redis, keys)) ctx.print.out(`${entry.key}:${entry.raw}`);
+            await ctx.print.drain();
           },
         );
       }
@@ -159,6 +167,11 @@ dedup store without handling its messages twice.`,
       description: 'copy messages expiring at or after now + this (seconds or a duration; default 0)',
     },
     'target-redis': { type: 'string', value: '<host:port>', description: 'where to copy to (required)' },
+    'target-db': {
+      type: 'string',
+      value: '<n>',
+      description: 'database on the target (default: the same as the source, as in Go)',
+    },
     'target-password': { type: 'string', value: '<password>', description: 'AUTH password of the target' },
     ...storeToolFlags,
   },
@@ -171,13 +184,21 @@ dedup store without handling its messages twice.`,
       throw new UsageError('--target-redis host:port is required');
     }
     const databases = databasesOf(ctx);
+    const targetDb = numberFlag(ctx.flags, 'target-db', { integer: true, min: 0 });
+    if (targetDb !== undefined && databases.length > 1) {
+      throw new UsageError('--target-db needs exactly one source database (--databases)');
+    }
     const { count, pauseMs } = scanSettings(ctx, 1000);
     const match = `msgid:${escapeGlob(prefix)}*:expires`;
     await withRestarts(ctx, async (watcher, connect) => {
       for (const db of databases) {
         const redis = await connect(db);
+        const destinationDb = targetDb ?? db;
+        if (target === watcher.master && destinationDb === db) {
+          throw new UsageError(`--target-redis ${target} db ${db} is the source itself`);
+        }
         const destination = await RespClient.connect(target, {
-          db,
+          db: destinationDb,
           password: stringFlag(ctx.flags, 'target-password'),
           connectTimeoutMs: ctx.config.redisConnectTimeout * 1000,
         });
@@ -214,7 +235,8 @@ dedup store without handling its messages twice.`,
             },
           );
           ctx.print.out(
-            `db ${db}: copied ${messages} messages (${written} keys) of queues "${prefix}*" from ${watcher.master} to ${target}`,
+            `db ${db}: copied ${messages} messages (${written} keys) of queues "${prefix}*" from ${watcher.master} ` +
+              `to ${target} db ${destinationDb}`,
           );
         } finally {
           destination.close();

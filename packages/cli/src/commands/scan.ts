@@ -1,5 +1,5 @@
 import { isRedisAddress } from '@beetle/dedup-redis';
-import type { BeetleConfig } from '@beetle/core';
+import { NoRedisMasterError, type BeetleConfig } from '@beetle/core';
 import type { CommandContext } from '../command.js';
 import { numberFlag, type FlagSpecs } from '../options.js';
 import { errorMessage, oneLine, Progress } from '../output.js';
@@ -71,6 +71,10 @@ export function scanSettings(ctx: CommandContext, defaultCount: number): { count
   return { count, pauseMs: pause * 1000 };
 }
 
+/** A stop signal arrived during a scan (exit status 1: the run is incomplete). */
+export const interrupted = (): Error =>
+  Object.assign(new Error('stopped by a signal before the scan completed'), { reason: 'interrupted' });
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -88,7 +92,7 @@ export async function scanDatabase(
   let cursor = '0';
   let extra = '';
   do {
-    if (ctx.signal.aborted) throw Object.assign(new Error('interrupted'), { reason: 'interrupted' });
+    if (ctx.signal.aborted) throw interrupted();
     await watcher.check();
     const [next, keys] = await redis.scan(cursor, options.match, options.count);
     cursor = next;
@@ -100,14 +104,16 @@ export async function scanDatabase(
 }
 
 /**
- * Runs `run` against the current master; when the master changes or the connection fails, starts over after
- * a second (reporting it on stderr), until `redis_failover_timeout` has passed since the first failure.
+ * Runs `run` against the current master; when the master changes, starts over at once (after a second); when
+ * there is no master or the connection fails, starts over every second until `redis_failover_timeout` has
+ * passed since the first of these failures in a row. Restarts are reported on stderr.
  */
 export async function withRestarts<T>(
   ctx: CommandContext,
   run: (watcher: MasterWatcher, connect: (db: number) => Promise<RespClient>) => Promise<T>,
 ): Promise<T> {
   let failingSince: number | undefined;
+  let lastReport = '';
   for (;;) {
     const clients: RespClient[] = [];
     try {
@@ -119,11 +125,20 @@ export async function withRestarts<T>(
       };
       return await run(watcher, connect);
     } catch (error) {
-      const retriable = error instanceof MasterChangedError || error instanceof RedisConnectionError;
+      // NoRedisMasterError: e.g. the Go daemons rewrite the master file non-atomically (briefly empty).
+      const retriable =
+        error instanceof MasterChangedError ||
+        error instanceof RedisConnectionError ||
+        error instanceof NoRedisMasterError;
       if (!retriable) throw error;
-      failingSince ??= Date.now();
-      if (Date.now() - failingSince > ctx.config.redisFailoverTimeout * 1000) throw error;
-      ctx.print.err(`beetle: ${oneLine(errorMessage(error))}; starting over`);
+      // A master change is progress (a failover happened); only consecutive connection failures count.
+      if (error instanceof MasterChangedError) failingSince = undefined;
+      else failingSince ??= Date.now();
+      if (failingSince !== undefined && Date.now() - failingSince >= ctx.config.redisFailoverTimeout * 1000)
+        throw error;
+      const report = `beetle: ${oneLine(errorMessage(error))}; starting over`;
+      if (report !== lastReport) ctx.print.err(report);
+      lastReport = report;
       await sleep(1000);
     } finally {
       for (const client of clients) client.close();
