@@ -13,7 +13,12 @@ export default defineConfig({
     ],
   },
   test: {
-    include: ['packages/*/test/**/*.test.ts', 'tooling/*/test/**/*.test.ts', 'examples/test/**/*.test.ts', 'chaos/test/**/*.test.ts'],
+    include: [
+      'packages/*/test/**/*.test.ts',
+      'tooling/*/test/**/*.test.ts',
+      'examples/test/**/*.test.ts',
+      'chaos/test/**/*.test.ts',
+    ],
     globalSetup: ['./tooling/test-services/src/global-setup.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,

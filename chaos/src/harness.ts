@@ -124,16 +124,24 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       }, ms);
       signal?.addEventListener('abort', onAbort, { once: true });
     });
-  const abortable = <T>(promise: Promise<T>): Promise<T> =>
-    signal === undefined
-      ? promise
-      : Promise.race([
-          promise,
-          new Promise<never>((_, reject) => {
-            if (signal.aborted) reject(new Aborted());
-            signal.addEventListener('abort', () => reject(new Aborted()), { once: true });
-          }),
-        ]);
+  const abortable = <T>(promise: Promise<T>): Promise<T> => {
+    if (signal === undefined) return promise;
+    if (signal.aborted) return Promise.reject(new Aborted());
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = (): void => reject(new Aborted());
+      signal.addEventListener('abort', onAbort, { once: true });
+      promise.then(
+        (value) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(value);
+        },
+        (error: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
+    });
+  };
 
   validate(options);
   const started = Date.now();
@@ -359,11 +367,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     poll();
 
     const verdict = judge(tally);
-    const firstAttempt = Math.min(...tally.attempted.values());
-    const lastConfirm = Math.max(...tally.confirmedAt.values());
-    const lastFirstCompletion = Math.max(
-      ...[...tally.completions.values()].map((list) => Math.min(...list.map((d) => d.at))),
-    );
+    let firstAttempt = Infinity;
+    for (const at of tally.attempted.values()) firstAttempt = Math.min(firstAttempt, at);
+    let lastConfirm = -Infinity;
+    for (const at of tally.confirmedAt.values()) lastConfirm = Math.max(lastConfirm, at);
+    let lastFirstCompletion = -Infinity;
+    for (const list of tally.completions.values()) {
+      lastFirstCompletion = Math.max(lastFirstCompletion, Math.min(...list.map((d) => d.at)));
+    }
+    const rate = (count: number, until: number): number =>
+      count === 0 || !Number.isFinite(until - firstAttempt)
+        ? 0
+        : round1(count / Math.max(0.001, (until - firstAttempt) / 1000));
     ok = verdict.lost === 0 && verdict.duplicated === 0 && verdict.unexpected === 0 && crashes.length === 0;
     return {
       ...verdict,
@@ -379,8 +394,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       },
       faultsInjected,
       crashes,
-      publishRate: round1(verdict.confirmed / Math.max(0.001, (lastConfirm - firstAttempt) / 1000)),
-      consumeRate: round1(verdict.delivered / Math.max(0.001, (lastFirstCompletion - firstAttempt) / 1000)),
+      publishRate: rate(verdict.confirmed, lastConfirm),
+      consumeRate: rate(verdict.delivered, lastFirstCompletion),
       drained,
       seconds: {
         setup: round1(setupSeconds),

@@ -19,6 +19,7 @@ export class Worker {
   readonly exited: Promise<WorkerExit>;
   private exitInfo: WorkerExit | undefined;
   private readonly listeners = new Set<(message: FromWorker) => void>();
+  private readonly child: ChildProcess;
   /** Set when the harness kills or stops it on purpose. */
   expectedExit = false;
 
@@ -58,8 +59,6 @@ export class Worker {
     // A failed IPC send (child gone) must not crash the harness.
     child.on('error', () => undefined);
   }
-
-  private readonly child: ChildProcess;
 
   get name(): string {
     return `${this.settings.role}#${this.settings.index}[${this.pid}]`;

@@ -51,7 +51,9 @@ export interface RandomShutdownOptions extends ExampleOptions {
   readonly count?: number;
   /** Consumer processes running at a time (default 3). */
   readonly workers?: number;
-  /** Milliseconds of random stopping and killing (default 10000). */
+  /** Shutdowns to make (default 8): the first is a SIGTERM, the second a SIGKILL, the others at random. */
+  readonly shutdowns?: number;
+  /** Upper bound in milliseconds of the random stopping and killing (default 20000). */
   readonly chaosMs?: number;
   /** Range of milliseconds between two shutdowns (default [500, 1500]). */
   readonly shutdownEveryMs?: readonly [number, number];
@@ -167,7 +169,8 @@ export async function main(options: RandomShutdownOptions = {}): Promise<RandomS
   const env = options.env ?? process.env;
   const count = options.count ?? 1000;
   const workerCount = options.workers ?? 3;
-  const chaosMs = options.chaosMs ?? 10_000;
+  const chaosMs = options.chaosMs ?? 20_000;
+  const shutdowns = options.shutdowns ?? 8;
   const killRatio = options.killRatio ?? 0.3;
   const queue = `beetle-example-random-shutdown-${runId()}`;
   const dir = mkdtempSync(join(tmpdir(), 'beetle-random-shutdown-'));
@@ -242,13 +245,15 @@ export async function main(options: RandomShutdownOptions = {}): Promise<RandomS
     // Workers take a moment to start (tsx compiles them): the chaos starts once one of them consumes.
     await waitFor(() => ready.size > 0, 30_000, 50);
     const chaosEnd = Date.now() + chaosMs;
-    while (Date.now() < chaosEnd && completedIds().size < count) {
+    let made = 0;
+    while (made < shutdowns && Date.now() < chaosEnd) {
       await sleep(between(options.shutdownEveryMs ?? [500, 1500]));
       // Only workers that consume (and may be in the middle of handlers) are shut down.
       const victims = [...ready].filter((w) => w.pid !== undefined && !killedPids.has(w.pid));
       const victim = victims[Math.floor(Math.random() * victims.length)];
       if (victim?.pid === undefined) continue;
-      const kill = Math.random() < killRatio;
+      const kill = killRatio > 0 && killRatio < 1 && made < 2 ? made === 1 : Math.random() < killRatio;
+      made++;
       if (kill) killedPids.add(victim.pid);
       else stoppedGracefully++;
       print(

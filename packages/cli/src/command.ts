@@ -11,6 +11,8 @@ export interface CommandContext {
   /** Library logger: stderr with `--verbose`, silent otherwise. */
   readonly logger: Logger;
   readonly verbose: boolean;
+  /** Turns on the command's `logLevel` (no-op with --verbose, which logs everything from the start). */
+  startLogging(): void;
   /** Aborted on SIGINT/SIGTERM (or by the embedding caller): stop gracefully. */
   readonly signal: AbortSignal;
 }
@@ -27,6 +29,11 @@ export interface CommandSpec {
   readonly description: string;
   readonly flags: FlagSpecs;
   readonly examples: readonly string[];
+  /**
+   * Library log level without --verbose once the command calls `ctx.startLogging()` (long-running commands,
+   * after they started: failures to start stay one line). Silent otherwise.
+   */
+  readonly logLevel?: 'warn' | 'error';
   /** Returns the exit status. */
   run(ctx: CommandContext): Promise<number>;
 }

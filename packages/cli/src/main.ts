@@ -202,13 +202,17 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
     } else {
       dispose = processSignals(controller);
     }
+    const logger = stderrLogger(fullIo, verbose ? 'debug' : 'silent');
     const ctx: CommandContext = {
       io: fullIo,
       print,
       flags,
       positionals,
       config,
-      logger: stderrLogger(fullIo, verbose ? 'debug' : 'silent'),
+      logger,
+      startLogging: () => {
+        if (!verbose) logger.level = command.logLevel ?? 'silent';
+      },
       verbose,
       signal: controller.signal,
     };

@@ -92,16 +92,19 @@ export const errorMessage = (error: unknown): string =>
 /** One line: newlines of multi-line messages folded. */
 export const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, ' ').trim();
 
-/**
- * A logger writing `level: message {context}` lines to stderr at or above `level`; `silent` writes nothing.
- */
-export function stderrLogger(io: CliIo, level: 'debug' | 'info' | 'warn' | 'error' | 'silent'): Logger {
-  const order = ['debug', 'info', 'warn', 'error', 'silent'];
-  const threshold = order.indexOf(level);
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+/** A logger writing `level: message {context}` lines to stderr at or above `level` (changeable). */
+export interface StderrLogger extends Logger {
+  level: LogLevel;
+}
+
+export function stderrLogger(io: CliIo, level: LogLevel): StderrLogger {
+  const order: LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
   const make =
     (name: 'debug' | 'info' | 'warn' | 'error'): LogFn =>
     (first: unknown, ...rest: unknown[]): void => {
-      if (order.indexOf(name) < threshold) return;
+      if (order.indexOf(name) < order.indexOf(logger.level)) return;
       let message: string;
       let context: Record<string, unknown> | undefined;
       if (typeof first === 'string') {
@@ -119,7 +122,14 @@ export function stderrLogger(io: CliIo, level: 'debug' | 'info' | 'warn' | 'erro
       }
       io.stderr.write(`${name}: ${oneLine(message)}${suffix}\n`);
     };
-  return { debug: make('debug'), info: make('info'), warn: make('warn'), error: make('error') };
+  const logger: StderrLogger = {
+    level,
+    debug: make('debug'),
+    info: make('info'),
+    warn: make('warn'),
+    error: make('error'),
+  };
+  return logger;
 }
 
 /**

@@ -38,7 +38,10 @@ export class TypedEmitter<E extends object> {
       try {
         (listener as Listener<E[K]>)(payload);
       } catch (error) {
-        this.listenerLogger.error({ err: error, event: String(event) }, `listener for ${String(event)} threw`);
+        this.listenerLogger.error(
+          { err: error, event: String(event) },
+          `listener for ${String(event)} threw`,
+        );
       }
     }
   }

@@ -18,7 +18,9 @@ export function renderConfigReference(): string {
     const unit = o.unit ? ` (${o.unit})` : '';
     const ruby = o.tsOnly ? `— (new)` : `\`${o.rubyName}\``;
     const rubyDefault =
-      'rubyDefault' in o && o.rubyDefault !== undefined ? ` (Ruby: \`${JSON.stringify(o.rubyDefault)}\`)` : '';
+      'rubyDefault' in o && o.rubyDefault !== undefined
+        ? ` (Ruby: \`${JSON.stringify(o.rubyDefault)}\`)`
+        : '';
     return `| \`${o.name}\` | ${ruby} | \`${o.envName}\` | ${show(o)}${rubyDefault} | ${cell(o.description)}${unit} |`;
   });
   return [

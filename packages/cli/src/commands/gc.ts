@@ -173,7 +173,8 @@ Why "now - threshold" and not the Go command's "now + threshold" (Ruby weak spot
 of messages that expire within the next hour are already collected, while the second copy of a redundant
 message (or a delayed retry) may still be on its way; it would then find no keys and run its handler again.
 Collecting only messages that expired more than an hour ago is what the pre-2.0 Ruby collector did: an
-expired message is dropped by every consumer (Ancient), so its keys are useless by then.`,
+expired message is dropped by every consumer (Ancient), so its keys are useless by then; the threshold covers
+clock differences between hosts and handlers still running when the message expired.`,
   flags: {
     threshold: {
       type: 'string',

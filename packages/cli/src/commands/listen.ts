@@ -44,6 +44,7 @@ const consumeFlags = { ...topologyFlag, ...countFlag, ...jsonFlag };
 
 export const listenCommand: CommandSpec = {
   name: 'listen',
+  logLevel: 'warn',
   summary: 'consume queues like a worker and print each message',
   args: '<queue...>',
   positionals: { min: 1, max: Number.POSITIVE_INFINITY },
@@ -65,13 +66,6 @@ count is reached are printed too.`,
       client.handler(ctx.positionals, (message) => printer.print(message));
       const status = await client.listen(ctx.positionals);
       const up = status.filter((s) => s.state === 'consuming');
-      for (const broker of status) {
-        if (broker.state !== 'consuming') {
-          ctx.print.err(
-            `beetle: broker ${broker.server} not reachable yet (${errorMessage(broker.lastError)}); retrying`,
-          );
-        }
-      }
       if (up.length === 0) {
         const first = status[0];
         throw Object.assign(
@@ -79,6 +73,14 @@ count is reached are printed too.`,
           { reason: 'broker-connect' },
         );
       }
+      for (const broker of status) {
+        if (broker.state !== 'consuming') {
+          ctx.print.err(
+            `beetle: broker ${broker.server} not reachable yet (${errorMessage(broker.lastError)}); retrying`,
+          );
+        }
+      }
+      ctx.startLogging();
       ctx.print.err(`listening on ${ctx.positionals.join(', ')} (${up.map((s) => s.server).join(', ')})`);
       await Promise.race([printer.done, aborted(ctx.signal)]);
       return 0;
@@ -90,6 +92,7 @@ count is reached are printed too.`,
 
 export const traceCommand: CommandSpec = {
   name: 'trace',
+  logLevel: 'warn',
   summary: 'print copies of the traffic of queues, without consuming it',
   args: '<queue...>',
   positionals: { min: 1, max: Number.POSITIVE_INFINITY },
@@ -105,6 +108,7 @@ Runs until SIGINT or SIGTERM or until --count messages were printed.`,
     try {
       for (const queue of ctx.positionals) ensureQueue(client, queue);
       const handle = await client.trace(ctx.positionals, (message) => printer.print(message));
+      ctx.startLogging();
       ctx.print.err(`tracing ${Object.values(handle.queues).join(', ')}`);
       await Promise.race([printer.done, aborted(ctx.signal)]);
       return 0;

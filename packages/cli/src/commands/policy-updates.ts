@@ -6,6 +6,7 @@ import { aborted, countFlag, createClient, jsonFlag } from './shared.js';
 
 export const policyUpdatesCommand: CommandSpec = {
   name: 'policy-updates',
+  logLevel: 'warn',
   summary: 'apply the queue policies that publishers and subscribers send as messages',
   args: '',
   positionals: { min: 0, max: 0 },
@@ -59,6 +60,7 @@ until SIGINT or SIGTERM, or until --count messages were handled.`,
           reason: 'broker-connect',
         });
       }
+      ctx.startLogging();
       ctx.print.err(`applying policy updates from ${queue}`);
       await Promise.race([done, aborted(ctx.signal)]);
       return 0;

@@ -13,7 +13,11 @@ export const storeToolFlags: FlagSpecs = {
     description: 'databases to process, comma-separated (default: redis_db, i.e. 4)',
   },
   'redis-gc-databases': { type: 'string', value: '<n,n>', description: 'alias of --databases (Go name)' },
-  batch: { type: 'string', value: '<n>', description: 'SCAN COUNT per round trip' },
+  batch: {
+    type: 'string',
+    value: '<n>',
+    description: 'SCAN COUNT per round trip (default as in Go: 10000; delete-keys, copy-keys 1000)',
+  },
   pause: {
     type: 'string',
     value: '<seconds>',
