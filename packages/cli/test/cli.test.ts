@@ -162,11 +162,20 @@ describe('unreachable services exit 1 with one line and no stack', () => {
     expect(result.stdout).toBe('');
   });
 
-  it('listen', async () => {
-    const result = await run(['listen', 'q', '--servers', '127.0.0.1:1', '--count', '1']);
+  it.each([['listen'], ['trace'], ['policy-updates']])('%s', async (command) => {
+    const argv = [
+      command,
+      ...(command === 'policy-updates' ? [] : ['q']),
+      '--servers',
+      '127.0.0.1:1',
+      '--count',
+      '1',
+    ];
+    const result = await run(argv);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^beetle: broker-connect: no broker reachable/m);
-    expect(result.stderr).not.toMatch(/\bat .*\.ts:\d+/);
+    expect(lines(result.stderr)).toHaveLength(1);
+    expect(result.stderr).toMatch(/^beetle: broker-connect: no broker reachable: .*ECONNREFUSED/);
+    expect(result.stdout).toBe('');
   });
 
   it('gc against a Redis that is not there', async () => {

@@ -1,6 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cleanup, lines, management, run, servers, serviceFlags, start, tempFile, uid } from './helpers.js';
+import {
+  cleanup,
+  lines,
+  management,
+  redis,
+  run,
+  servers,
+  serviceFlags,
+  start,
+  tempFile,
+  uid,
+} from './helpers.js';
 
 /**
  * Messaging tests use db 10 for the dedup store (redundant messages touch it; they leave no keys), and apply
@@ -11,6 +22,11 @@ const flags = [...serviceFlags(10), '--set', 'update_queue_properties_synchronou
 const created = { queues: [] as string[], exchanges: [] as string[], policies: [] as string[] };
 afterAll(async () => {
   await cleanup(created);
+  // A redundant message whose second copy was not consumed before `listen --count` stopped keeps 5 keys
+  // (until GC): db 10 is this file's own.
+  const db = await redis(10);
+  await db.call('FLUSHDB');
+  db.close();
 });
 
 const uniqueQueue = (): string => {

@@ -2,7 +2,7 @@ import type { Client } from '@beetle/client';
 import type { BeetleMessage } from '@beetle/core';
 import type { CommandContext, CommandSpec } from '../command.js';
 import { numberFlag } from '../options.js';
-import { errorMessage, jsonReplacer } from '../output.js';
+import { errorMessage } from '../output.js';
 import {
   aborted,
   countFlag,
@@ -11,6 +11,7 @@ import {
   jsonFlag,
   messageLines,
   messageRecord,
+  probeBrokers,
   topologyFlag,
 } from './shared.js';
 
@@ -28,7 +29,7 @@ function messagePrinter(ctx: CommandContext): { print(message: BeetleMessage): v
     print(message) {
       seen++;
       if (json) ctx.print.json(messageRecord(message));
-      else for (const line of messageLines(message, jsonReplacer)) ctx.print.out(line);
+      else for (const line of messageLines(message)) ctx.print.out(line);
       if (limit !== undefined && seen >= limit) finish();
     },
   };
@@ -107,6 +108,19 @@ Runs until SIGINT or SIGTERM or until --count messages were printed.`,
     const client = await createClient(ctx);
     try {
       for (const queue of ctx.positionals) ensureQueue(client, queue);
+      // The trace handle has no broker status: check reachability first, so that no broker at all fails.
+      const servers = [...ctx.config.servers, ...ctx.config.additionalSubscriptionServers];
+      const probes = await probeBrokers(ctx.config, servers);
+      if (probes.every((p) => p.error !== undefined)) {
+        throw Object.assign(new Error(`no broker reachable: ${probes[0]?.error ?? 'no servers'}`), {
+          reason: 'broker-connect',
+        });
+      }
+      for (const probe of probes) {
+        if (probe.error !== undefined) {
+          ctx.print.err(`beetle: broker ${probe.server} not reachable yet (${probe.error}); retrying`);
+        }
+      }
       const handle = await client.trace(ctx.positionals, (message) => printer.print(message));
       ctx.startLogging();
       ctx.print.err(`tracing ${Object.values(handle.queues).join(', ')}`);

@@ -1,8 +1,9 @@
+import { BrokerConnection, brokerOptions } from '@beetle/broker-amqp';
 import { Client, loadDeclarations } from '@beetle/client';
-import type { BeetleMessage } from '@beetle/core';
+import type { BeetleConfig, BeetleMessage } from '@beetle/core';
 import type { CommandContext } from '../command.js';
 import { stringFlag, UsageError, type FlagSpecs } from '../options.js';
-import { bodyText } from '../output.js';
+import { bodyText, errorMessage, jsonReplacer, oneLine } from '../output.js';
 
 export const topologyFlag: FlagSpecs = {
   topology: {
@@ -61,10 +62,7 @@ export function messageRecord(message: BeetleMessage): Record<string, unknown> {
 }
 
 /** The text form of a message: Ruby's default tracer lines (SERVER, HEADER, EXCHANGE, KEY, MSGID, DATA). */
-export function messageLines(
-  message: BeetleMessage,
-  jsonReplacer: (k: string, v: unknown) => unknown,
-): string[] {
+export function messageLines(message: BeetleMessage): string[] {
   const record = messageRecord(message);
   const expires = new Date(message.expiresAt * 1000).toISOString();
   return [
@@ -77,4 +75,24 @@ export function messageLines(
     `headers:     ${JSON.stringify(message.headers, jsonReplacer)}`,
     `body:        ${record.bodyEncoding === 'base64' ? '(base64) ' : ''}${String(record.body)}`,
   ];
+}
+
+/** Whether each broker accepts a connection (a publishing connection, closed again). */
+export async function probeBrokers(
+  config: BeetleConfig,
+  servers: readonly string[],
+): Promise<{ server: string; error?: string }[]> {
+  return Promise.all(
+    servers.map(async (server) => {
+      const connection = new BrokerConnection(brokerOptions(config, server));
+      try {
+        await connection.publishChannel();
+        return { server };
+      } catch (error) {
+        return { server, error: oneLine(errorMessage(error)) };
+      } finally {
+        await connection.close();
+      }
+    }),
+  );
 }

@@ -225,7 +225,12 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     description: 'broker-wide default policy definition; identical per-queue policies are deleted or skipped',
   },
   gcThreshold: {
-    ...int(3600, 0, undefined, 'garbage collection keeps keys of messages expiring later than now + this'),
+    ...int(
+      3600,
+      0,
+      undefined,
+      '`beetle gc` collects the keys of messages that expired more than this long ago',
+    ),
     unit: 'seconds',
   },
   redisServer: str('localhost:6379', '`host:port` of the dedup store, or the path of the redis master file'),
