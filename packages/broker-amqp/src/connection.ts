@@ -306,7 +306,8 @@ export class BrokerConnection {
       frameMax,
       channelMax,
       // amqplib negotiates 0 as "whatever the server proposes" (Ruby's `:server`); it cannot switch heartbeats
-      // off when the broker proposes them, so 0 means the broker's value here (RabbitMQ default 60 s).
+      // off when the broker proposes them, so 0 means the broker's value here (RabbitMQ default 60 s). This
+      // also applies to the consuming connection: `subscriberHeartbeat: 0` (Ruby: off) gets the broker's value.
       heartbeat: heartbeat === 'server' ? 0 : heartbeat,
       locale: 'en_US',
     };
@@ -777,13 +778,25 @@ class AmqpConsumerChannel extends AmqpDeclarer implements ConsumerChannel {
     await this.op(`basic.qos ${count}`, (ch) => ch.prefetch(count, false));
   }
 
-  async consume(queue: string, onDelivery: (delivery: Delivery) => void): Promise<string> {
+  async consume(
+    queue: string,
+    onDelivery: (delivery: Delivery) => void,
+    onCancel?: () => void,
+  ): Promise<string> {
     const ok = await this.op(`basic.consume ${queue}`, (ch) =>
       ch.consume(
         queue,
         (message: ConsumeMessage | null) => {
+          // amqplib passes null only for a broker-initiated basic.cancel (e.g. the queue was deleted).
           if (message === null) {
             this.logger.warn({ server: this.server, queue }, `consumer of ${queue} cancelled by the broker`);
+            if (onCancel !== undefined) {
+              try {
+                onCancel();
+              } catch (error) {
+                this.logger.error({ server: this.server, queue, err: error }, 'onCancel listener threw');
+              }
+            }
             return;
           }
           onDelivery(message);

@@ -14,7 +14,11 @@ import type {
 /** Settings for one broker, derived from the Beetle configuration (durations in seconds). */
 export interface BrokerOptions {
   readonly address: BrokerAddress;
-  /** Heartbeat in seconds; `'server'` accepts the broker's proposal; 0 disables. */
+  /**
+   * Heartbeat in seconds; `'server'` accepts the broker's proposal. NOTE: 0 does NOT disable heartbeats here
+   * (unlike Ruby/Bunny): amqplib negotiates 0 as "whatever the server proposes", so 0 behaves like `'server'`
+   * (RabbitMQ proposes 60 s by default). Heartbeats are only off when the broker proposes 0 as well.
+   */
   readonly heartbeat: number | 'server';
   readonly connectTimeout: number;
   /** Bound for every broker round trip (declare, bind, purge, confirm, close). */
@@ -26,7 +30,10 @@ export interface BrokerOptions {
   readonly logger: Logger;
   /** Publisher confirms on the shared publish channel (default true). */
   readonly confirms?: boolean;
-  /** Heartbeat of the CONSUMING connection (default: `heartbeat`). */
+  /**
+   * Heartbeat of the CONSUMING connection (default: `heartbeat`); the subscriber passes
+   * `subscriberHeartbeat` here. As for `heartbeat`, 0 means the broker's proposal, not "off" (amqplib).
+   */
   readonly consumerHeartbeat?: number | 'server';
   /** Connect timeout of the CONSUMING connection in seconds (default: `connectTimeout`). */
   readonly consumerConnectTimeout?: number;
@@ -76,8 +83,12 @@ export interface PublishChannel {
 /** A channel carrying consumers, kept apart from publishing so a slow consumer never stalls publishing. */
 export interface ConsumerChannel {
   readonly server: string;
-  /** Starts consuming with manual acks; returns the consumer tag. */
-  consume(queue: string, onDelivery: (delivery: Delivery) => void): Promise<string>;
+  /**
+   * Starts consuming with manual acks; returns the consumer tag. `onCancel` is called (once) when the BROKER
+   * cancels the consumer (basic.cancel, e.g. the queue was deleted); not after `cancel()` or a channel loss.
+   * No deliveries arrive for that consumer afterwards.
+   */
+  consume(queue: string, onDelivery: (delivery: Delivery) => void, onCancel?: () => void): Promise<string>;
   /** basic.cancel. */
   cancel(consumerTag: string): Promise<void>;
   /** basic.ack; false (and a log line) when the channel is already gone — the broker will redeliver. */

@@ -240,6 +240,38 @@ describe('BrokerConnection', () => {
     await cleanup({ queues: [name], exchanges: [name] });
   });
 
+  it('calls onCancel when the broker cancels a consumer (queue deleted), not on our own cancel', async () => {
+    const name = `bt-cancel-${uid()}`;
+    const topology = new Topology().registerQueue(name).registerQueue(`${name}-kept`);
+    const c = connection();
+    const consumer = await c.openConsumerChannel(1);
+    await consumer.declareQueue(topology.queue(name));
+    await consumer.declareQueue(topology.queue(`${name}-kept`));
+    const cancelled: string[] = [];
+    await consumer.consume(
+      name,
+      () => undefined,
+      () => cancelled.push(name),
+    );
+    const keptTag = await consumer.consume(
+      `${name}-kept`,
+      () => undefined,
+      () => cancelled.push('kept'),
+    );
+    // Backward compatible: no onCancel.
+    await consumer.consume(`${name}-kept`, () => undefined);
+    await raw(server, (ch) => ch.deleteQueue(name));
+    await expect.poll(() => cancelled).toEqual([name]);
+    await consumer.cancel(keptTag);
+    await raw(server, (ch) => ch.deleteQueue(`${name}-kept`));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(cancelled).toEqual([name]);
+    let closed = false;
+    consumer.onClose(() => (closed = true));
+    expect(closed).toBe(false); // the channel survives a broker cancel
+    await consumer.close();
+  });
+
   it('close() never hangs, also with a black-holed pending connect', async () => {
     const hole = await blackHole();
     try {

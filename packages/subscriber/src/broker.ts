@@ -62,6 +62,10 @@ export function defaultQueueSetup(config: BeetleConfig, topology: Topology, logg
 /**
  * The subscriber's own connections (used unless a pool is passed in): one `BrokerConnection` per broker with
  * the subscriber's connect timeout and heartbeat instead of the publisher's.
+ *
+ * Heartbeat 0: Ruby's `subscriber_heartbeat: 0` switches heartbeats off, but amqplib negotiates 0 as "use the
+ * server's value", so `subscriberHeartbeat: 0` (the default) means the broker's proposal here (RabbitMQ: 60 s).
+ * Heartbeats are only off when the broker proposes 0 too.
  */
 export class SubscriberConnections implements SubscriberPool {
   private readonly connections = new Map<string, BrokerConnection>();

@@ -1,9 +1,12 @@
+import { setMaxListeners } from 'node:events';
 import {
   TypedEmitter,
   ClosedError,
   ConfigurationError,
   Outcome,
+  TIMEOUT_GRACE_PERIOD,
   UnknownQueueError,
+  decodeMessage,
   silentLogger,
   type BeetleConfig,
   type DedupStore,
@@ -32,7 +35,8 @@ export interface SubscriberOptions {
   readonly store: DedupStore;
   /**
    * Broker connections (e.g. a shared `BrokerPool`; not closed by `stop()`). Default: the subscriber's own
-   * connections with its connect timeout and heartbeat, closed on `stop()`.
+   * connections with its connect timeout and heartbeat, closed on `stop()`. Note `subscriberHeartbeat: 0` means
+   * the broker's proposed heartbeat with amqplib, not "off" as in Ruby (see `SubscriberConnections`).
    */
   readonly pool?: SubscriberPool;
   /** Queue declaration (queue, dead letter queue, bindings, policies); default: `setupQueue` of the broker layer. */
@@ -79,6 +83,41 @@ interface BrokerLayer {
 /** Grace (ms) for deliveries past their handler to finish their store calls after a forced stop. */
 const ABANDON_GRACE_MS = 1000;
 
+/** Node fires longer timers after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The message refs (AMQP queue + uuid) being processed in this process, so that a second copy of a redundant
+ * message (from the other broker, or a redelivery after a channel loss) waits for the local processing of the
+ * first instead of being rejected with `HandlerNotYetTimedOut` and requeued after `rejectRequeueDelay`. Copies
+ * of one ref line up behind each other; an entry exists only while a delivery of that ref is in flight, so the
+ * map is bounded by the deliveries in flight (prefetch × brokers). Only a local shortcut: the waiting copy
+ * still goes through the state machine and the store decides.
+ */
+class InFlightRefs {
+  private readonly tails = new Map<string, Promise<void>>();
+
+  get size(): number {
+    return this.tails.size;
+  }
+
+  /**
+   * Joins the line of `key`: `previous` settles once the delivery before this one is done (undefined when
+   * there is none); `leave` must be called when this delivery is done (idempotent).
+   */
+  enter(key: string): { readonly previous: Promise<void> | undefined; readonly leave: () => void } {
+    const previous = this.tails.get(key);
+    let resolve!: () => void;
+    const mine = new Promise<void>((r) => (resolve = r));
+    this.tails.set(key, mine);
+    const leave = (): void => {
+      resolve();
+      if (this.tails.get(key) === mine) this.tails.delete(key);
+    };
+    return { previous, leave };
+  }
+}
+
 /**
  * Consumes the registered queues from every broker (`servers` + `additionalSubscriptionServers`) and runs
  * each delivery through Beetle's processing state machine with deduplication in the `DedupStore`.
@@ -103,6 +142,9 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private readonly waiting: ((go: boolean) => void)[] = [];
   private readonly inFlight = new Set<Promise<void>>();
   private readonly requeues = new Map<TimerHandle, () => void>();
+  private readonly refs = new InFlightRefs();
+  /** Wake-ups of deliveries waiting for a copy in flight (`false`: stop). */
+  private readonly copyWaiters = new Set<(go: boolean) => void>();
 
   constructor(options: SubscriberOptions) {
     const logger = options.logger ?? silentLogger;
@@ -114,6 +156,9 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     this.logger = logger;
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
+    // Every running handler listens on the stop signal (removed when it finishes): more than 10 at once with
+    // `subscriberConcurrency` > 10 is expected, not a leak.
+    setMaxListeners(0, this.stopController.signal);
   }
 
   /** Registers the handler of a queue (registered name); throws `UnknownQueueError` for unknown queues. */
@@ -232,14 +277,28 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       this.logger.debug({ server, queue: queue.name }, 'delivery while stopping; left for redelivery');
       return;
     }
-    const task = this.acquireSlot().then(async (go) => {
-      if (!go) return;
+    const key = inFlightKey(queue, delivery);
+    const line = key === undefined ? undefined : this.refs.enter(key);
+    const task = (async (): Promise<void> => {
       try {
-        await this.handle(server, channel, queue, delivery);
+        // A copy of the same message is being processed here: wait for it (without holding a slot).
+        if (line?.previous !== undefined && !(await this.awaitCopy(line.previous, queue))) {
+          this.logger.debug(
+            { server, queue: queue.name, uuid: delivery.properties.messageId },
+            'stopped while waiting for a copy in flight; left for redelivery',
+          );
+          return;
+        }
+        if (!(await this.acquireSlot())) return;
+        try {
+          await this.handle(server, channel, queue, delivery);
+        } finally {
+          this.releaseSlot();
+        }
       } finally {
-        this.releaseSlot();
+        line?.leave();
       }
-    });
+    })();
     const tracked = task.catch((error: unknown) => {
       this.logger.error({ err: error, server, queue: queue.name }, 'unexpected error handling a delivery');
     });
@@ -290,6 +349,36 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     }
   }
 
+  /**
+   * Waits for the processing of a copy of the same message in this process, bounded by the handler timeout
+   * plus the grace period (after which the store would consider that copy's consumer dead anyway) and by stop.
+   * Resolves true to go on with the state machine, false when stopping (the delivery stays unsettled).
+   */
+  private awaitCopy(previous: Promise<void>, queue: QueueDefinition): Promise<boolean> {
+    if (this.stopping) return Promise.resolve(false);
+    const timeout = this.handlers.get(queue.name)?.policy.timeout ?? 0;
+    const boundMs = Math.min((timeout + TIMEOUT_GRACE_PERIOD) * 1000, MAX_TIMER_MS);
+    return new Promise<boolean>((resolve) => {
+      let done = false;
+      const finish = (go: boolean): void => {
+        if (done) return;
+        done = true;
+        this.clock.clearTimeout(timer);
+        this.copyWaiters.delete(finish);
+        resolve(go && !this.stopping);
+      };
+      const timer = this.clock.setTimeout(() => {
+        this.logger.warn(
+          { queue: queue.name, waitedMs: boundMs },
+          'a copy of this message is still being processed here; going on without waiting for it',
+        );
+        finish(true);
+      }, boundMs);
+      this.copyWaiters.add(finish);
+      void previous.then(() => finish(true));
+    });
+  }
+
   /** Dead lettering: reject to the DLQ now. Otherwise requeue after `rejectRequeueDelay`, for this message only. */
   private reject(channel: SubscriberChannel, queue: QueueDefinition, delivery: Delivery): void {
     if (queue.deadLettering) {
@@ -333,8 +422,10 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     const brokers = [...this.brokers.values()];
     // 1. No new deliveries: cancel the consumers, stop reconnecting.
     await Promise.all(brokers.map((broker) => broker.stopConsuming()));
-    // 2. Deliveries waiting for a slot are not started (redelivered when the channel closes).
+    // 2. Deliveries waiting for a slot or for a copy in flight are not started (redelivered when the channel
+    //    closes).
     for (const wake of this.waiting.splice(0)) wake(false);
+    for (const wake of [...this.copyWaiters]) wake(false);
     // 3. Wait for running handlers; they settle as usual.
     let abandoned = 0;
     if (!(await this.drain(timeoutSeconds * 1000))) {
@@ -393,7 +484,11 @@ interface SubscriberInternals {
   emit<K extends keyof SubscriberEvents>(event: K, payload: SubscriberEvents[K]): void;
 }
 
-/** The consumers of one broker: one channel, one consumer per queue, reconnect with backoff. */
+/**
+ * The consumers of one broker: one channel, one consumer per queue, reconnect with backoff. A consumer the
+ * broker cancels (basic.cancel, e.g. its queue was deleted) is restored on the same channel after a backoff:
+ * the queue is set up again (queue, dead letter queue, policies, bindings) and consumed again.
+ */
 class BrokerConsumer {
   private state: BrokerState = 'idle';
   private failures = 0;
@@ -402,6 +497,11 @@ class BrokerConsumer {
   private readonly consumers = new Map<string, string>();
   private reconnectTimer: TimerHandle;
   private closing = false;
+  /** Queues (logical names) whose consumer the broker cancelled, waiting to be set up and consumed again. */
+  private readonly lost = new Set<string>();
+  private readonly recoveryTimers = new Map<string, TimerHandle>();
+  /** Consecutive failed recoveries per queue (backoff exponent). */
+  private readonly recoveryFailures = new Map<string, number>();
 
   constructor(
     readonly server: string,
@@ -423,6 +523,8 @@ class BrokerConsumer {
   async connect(): Promise<void> {
     if (this.closing) return;
     this.state = 'connecting';
+    // A new channel sets up and consumes every queue: pending recoveries of cancelled consumers are moot.
+    this.clearRecoveries();
     const { config, topology, logger, listened } = this.owner;
     let channel: SubscriberChannel | undefined;
     try {
@@ -469,6 +571,7 @@ class BrokerConsumer {
       if (channel !== undefined && this.channel === channel) {
         this.channel = undefined;
         this.consumers.clear();
+        this.clearRecoveries();
         await channel.close().catch(() => undefined);
       }
       if (!this.closing) {
@@ -497,6 +600,11 @@ class BrokerConsumer {
     for (const name of queues) {
       const queue = this.owner.listened.find((q) => q.name === name);
       if (queue === undefined || this.consumers.has(name)) continue;
+      if (this.lost.has(name)) {
+        // Cancelled by the broker (queue deleted?) before or while paused: set it up again first.
+        await this.recover(queue);
+        continue;
+      }
       try {
         await this.consume(channel, queue);
       } catch (error) {
@@ -516,6 +624,7 @@ class BrokerConsumer {
       this.owner.clock.clearTimeout(this.reconnectTimer);
       this.reconnectTimer = undefined;
     }
+    this.clearRecoveries();
     const channel = this.channel;
     if (channel === undefined) return;
     const consumers = [...this.consumers];
@@ -537,15 +646,120 @@ class BrokerConsumer {
   }
 
   private async consume(channel: SubscriberChannel, queue: QueueDefinition): Promise<void> {
-    const tag = await channel.consume(queue.amqpName, (delivery) =>
-      this.owner.onDelivery(this.server, channel, queue, delivery),
+    // The broker may cancel before basic.consume-ok has been processed here (tag not known yet).
+    const consumer: { tag: string | undefined; cancelledEarly: boolean } = {
+      tag: undefined,
+      cancelledEarly: false,
+    };
+    const onCancel = (): void => {
+      if (consumer.tag === undefined) consumer.cancelledEarly = true;
+      else if (this.consumers.get(queue.name) === consumer.tag) this.consumerLost(channel, queue);
+    };
+    const tag = await channel.consume(
+      queue.amqpName,
+      (delivery) => this.owner.onDelivery(this.server, channel, queue, delivery),
+      onCancel,
     );
+    consumer.tag = tag;
     // A pause (or stop) that came in while basic.consume was on its way wins.
     if (this.owner.paused.has(queue.name) || this.closing || this.channel !== channel) {
       await this.cancel(channel, queue.name, tag);
       return;
     }
+    if (consumer.cancelledEarly) {
+      this.consumerLost(channel, queue);
+      return;
+    }
     this.consumers.set(queue.name, tag);
+  }
+
+  /** The broker cancelled the consumer of `queue` (basic.cancel): report it, set the queue up again later. */
+  private consumerLost(channel: SubscriberChannel, queue: QueueDefinition): void {
+    if (this.channel !== channel) return;
+    this.consumers.delete(queue.name);
+    this.lost.add(queue.name);
+    const error = new Error(
+      `consumer of ${queue.amqpName} on ${this.server} cancelled by the broker (queue deleted?)`,
+    );
+    this.owner.logger.warn(
+      { server: this.server, queue: queue.name },
+      `${error.message}; setting the queue up again and consuming it again`,
+    );
+    this.owner.emit('error', { error, phase: 'consume', server: this.server, queue: queue.name });
+    this.scheduleRecovery(queue);
+  }
+
+  private scheduleRecovery(queue: QueueDefinition): void {
+    if (this.closing || this.recoveryTimers.has(queue.name)) return;
+    const { config, clock, random } = this.owner;
+    const delay = reconnectDelay(
+      config.subscriberReconnectDelay,
+      config.subscriberReconnectMaxDelay,
+      this.recoveryFailures.get(queue.name) ?? 0,
+      random,
+    );
+    const timer = clock.setTimeout(() => {
+      this.recoveryTimers.delete(queue.name);
+      void this.recover(queue);
+    }, delay * 1000);
+    this.recoveryTimers.set(queue.name, timer);
+  }
+
+  private clearRecoveries(): void {
+    for (const timer of this.recoveryTimers.values()) this.owner.clock.clearTimeout(timer);
+    this.recoveryTimers.clear();
+    this.recoveryFailures.clear();
+    this.lost.clear();
+  }
+
+  /**
+   * Sets up a queue whose consumer the broker cancelled (exchanges, queue, dead letter queue, policies,
+   * bindings) and consumes it again, on the current channel; retried with backoff. Skipped while paused (a
+   * resume recovers it) or stopping, and left to the reconnect when the channel is gone. Never throws.
+   */
+  private async recover(queue: QueueDefinition): Promise<void> {
+    const timer = this.recoveryTimers.get(queue.name);
+    if (timer !== undefined) {
+      this.owner.clock.clearTimeout(timer);
+      this.recoveryTimers.delete(queue.name);
+    }
+    const channel = this.channel;
+    if (channel === undefined || this.closing || !this.lost.has(queue.name)) return;
+    if (this.owner.paused.has(queue.name)) return;
+    const { topology, logger } = this.owner;
+    try {
+      for (const exchange of topology.exchangesOfQueues([queue.name]))
+        await channel.declareExchange(exchange);
+      const result = await this.layer.setupQueue(channel, this.server, queue, memo());
+      if (result?.policyError !== undefined) {
+        const event: SubscriberErrorEvent = {
+          error: result.policyError,
+          phase: 'policy',
+          server: this.server,
+          queue: queue.name,
+        };
+        this.owner.emit('error', event);
+      }
+      if (this.channel !== channel || this.closing) return;
+      this.lost.delete(queue.name);
+      if (!this.consumers.has(queue.name)) await this.consume(channel, queue);
+      this.recoveryFailures.delete(queue.name);
+      if (this.consumers.has(queue.name)) {
+        logger.info({ server: this.server, queue: queue.name }, 'consuming again after a broker cancel');
+      }
+    } catch (error) {
+      // A lost channel is the reconnect's business (it sets up and consumes every queue).
+      if (this.channel !== channel || this.closing) return;
+      this.lost.add(queue.name);
+      const failures = (this.recoveryFailures.get(queue.name) ?? 0) + 1;
+      this.recoveryFailures.set(queue.name, failures);
+      logger.warn(
+        { server: this.server, queue: queue.name, err: error, failures },
+        'could not set up a queue again after a broker cancel; retrying',
+      );
+      this.owner.emit('error', { error, phase: 'consume', server: this.server, queue: queue.name });
+      this.scheduleRecovery(queue);
+    }
   }
 
   private async cancel(channel: SubscriberChannel, queue: string, tag: string): Promise<void> {
@@ -562,6 +776,7 @@ class BrokerConsumer {
     if (this.channel !== channel) return;
     this.channel = undefined;
     this.consumers.clear();
+    this.clearRecoveries();
     if (this.closing) return;
     this.state = 'disconnected';
     this.lastError = error;
@@ -587,6 +802,13 @@ class BrokerConsumer {
       void this.connect();
     }, delay * 1000);
   }
+}
+
+/** The in-flight key of a Beetle delivery (AMQP queue + uuid); undefined for undecodable deliveries. */
+function inFlightKey(queue: QueueDefinition, delivery: Delivery): string | undefined {
+  const decoded = decodeMessage(delivery, { queue: queue.amqpName, server: '' });
+  // Message ids never contain ":" (decoding refuses them), so the key is unambiguous.
+  return decoded.ok ? `${decoded.message.uuid}:${queue.amqpName}` : undefined;
 }
 
 function shuffle<T>(items: T[], random: () => number): T[] {

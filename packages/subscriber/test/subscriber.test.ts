@@ -16,8 +16,10 @@ import {
   type Delivery,
   type ProcessedEvent,
   type SubscriberChannel,
+  type SubscriberErrorEvent,
   type SubscriberPool,
 } from '@beetle/subscriber';
+import { getEventListeners } from 'node:events';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, flush, rawDelivery } from './helpers.js';
 
@@ -28,7 +30,12 @@ class FakeChannel implements SubscriberChannel {
   readonly rejected: { tag: number; requeue: boolean }[] = [];
   readonly published: { exchange: string; key: string; body: string; properties: Record<string, unknown> }[] =
     [];
-  readonly consumers = new Map<string, { queue: string; onDelivery: (d: Delivery) => void }>();
+  readonly consumers = new Map<
+    string,
+    { queue: string; onDelivery: (d: Delivery) => void; onCancel: (() => void) | undefined }
+  >();
+  /** Queues whose declaration fails (e.g. to test retries). */
+  readonly failDeclare = new Set<string>();
   closed = false;
   private nextTag = 1;
   private nextConsumer = 1;
@@ -36,11 +43,19 @@ class FakeChannel implements SubscriberChannel {
 
   constructor(readonly server: string) {}
 
-  consume(queue: string, onDelivery: (delivery: Delivery) => void): Promise<string> {
+  consume(queue: string, onDelivery: (delivery: Delivery) => void, onCancel?: () => void): Promise<string> {
     const tag = `ctag-${this.nextConsumer++}`;
     this.calls.push(`consume ${queue}`);
-    this.consumers.set(tag, { queue, onDelivery });
+    this.consumers.set(tag, { queue, onDelivery, onCancel });
     return Promise.resolve(tag);
+  }
+
+  /** A broker-initiated basic.cancel (e.g. the queue was deleted). */
+  brokerCancel(queue: string): void {
+    const entry = [...this.consumers].find(([, c]) => c.queue === queue);
+    if (!entry) throw new Error(`no consumer for ${queue} on ${this.server}`);
+    this.consumers.delete(entry[0]);
+    entry[1].onCancel?.();
   }
 
   cancel(consumerTag: string): Promise<void> {
@@ -90,6 +105,8 @@ class FakeChannel implements SubscriberChannel {
 
   declareQueue(queue: QueueDefinition): Promise<void> {
     this.calls.push(`queue ${queue.amqpName}`);
+    if (this.failDeclare.has(queue.amqpName))
+      return Promise.reject(new Error(`cannot declare ${queue.amqpName}`));
     return Promise.resolve();
   }
 
@@ -108,11 +125,20 @@ class FakeChannel implements SubscriberChannel {
 
   /** Delivers a message to the consumer of `queue`; returns its delivery tag. */
   deliver(queue: string, payload: Payload, options: EncodeOptions = {}): number {
+    const raw = rawDelivery(payload, options, queue);
+    return this.deliverRaw(queue, raw.content, raw.properties);
+  }
+
+  /** Delivers raw content and properties (e.g. a non-Beetle message); returns its delivery tag. */
+  deliverRaw(queue: string, content: Buffer, properties: Delivery['properties']): number {
     const consumer = [...this.consumers.values()].find((c) => c.queue === queue);
     if (!consumer) throw new Error(`no consumer for ${queue} on ${this.server}`);
-    const raw = rawDelivery(payload, options, queue);
     const deliveryTag = this.nextTag++;
-    consumer.onDelivery({ ...raw, fields: { ...raw.fields, deliveryTag, consumerTag: 'x' } });
+    consumer.onDelivery({
+      content,
+      properties,
+      fields: { deliveryTag, redelivered: false, exchange: queue, routingKey: queue, consumerTag: 'x' },
+    });
     return deliveryTag;
   }
 }
@@ -441,5 +467,290 @@ describe('Subscriber: stop', () => {
     await sub.stop();
     expect(channel.rejected).toEqual([{ tag, requeue: true }]);
     expect(clock.pendingTimers).toBe(0);
+  });
+});
+
+describe('Subscriber: copies of a message in flight in this process', () => {
+  it.each([1, 4])(
+    'a copy from the other broker waits for the running one, then is acked as completed (concurrency %i)',
+    async (concurrency) => {
+      const sub = subscriber({ subscriberConcurrency: concurrency });
+      const runs: string[] = [];
+      const gates: (() => void)[] = [];
+      sub.register('orders', async (m) => {
+        runs.push(m.text());
+        await new Promise<void>((resolve) => gates.push(resolve));
+      });
+      await sub.listen();
+      const [channelA, channelB] = [pool.channel(A), pool.channel(B)];
+      const copy = { ...id(), redundant: true };
+      const tagA = channelA.deliver('orders', 'twice', copy);
+      await flush();
+      const tagB = channelB.deliver('orders', 'twice', copy);
+      // Another message is not held up by the waiting copy (it holds no slot).
+      const other = channelB.deliver('orders', 'other', id());
+      await flush();
+      // With one slot `other` waits for it; otherwise it runs alongside.
+      expect(runs).toEqual(concurrency === 1 ? ['twice'] : ['twice', 'other']);
+      expect((sub as unknown as { refs: { size: number } }).refs.size).toBe(2); // 'twice' and 'other'
+      expect(channelB.acked).toEqual(concurrency === 1 ? [] : [other]);
+      expect(channelB.rejected).toEqual([]);
+      while (gates.length > 0) {
+        gates.shift()?.();
+        await flush();
+      }
+      expect(runs.sort()).toEqual(['other', 'twice']);
+      expect(channelA.acked).toEqual([tagA]);
+      expect(channelB.acked.sort()).toEqual([tagB, other].sort());
+      expect([...channelA.rejected, ...channelB.rejected]).toEqual([]);
+      expect(processed.map((p) => p.outcome)).toEqual([Outcome.OK, Outcome.OK, Outcome.OK]);
+      expect(processed.filter((p) => p.message?.text() === 'twice').map((p) => p.server)).toEqual([A, B]);
+      expect(processed.some((p) => p.outcome === Outcome.HandlerNotYetTimedOut)).toBe(false);
+      // The second ack of the redundant message removed its keys; no requeue (or wait) timer is left.
+      expect(store.size).toBe(0);
+      expect(clock.pendingTimers).toBe(0);
+      // The in-flight map only holds refs in flight: empty again.
+      expect((sub as unknown as { refs: { size: number } }).refs.size).toBe(0);
+      await sub.stop();
+    },
+  );
+
+  it('three copies line up; each runs the state machine after the one before (the store decides)', async () => {
+    const sub = subscriber({ subscriberConcurrency: 3 });
+    let runs = 0;
+    const gates: (() => void)[] = [];
+    sub.register(
+      'orders',
+      async () => {
+        runs++;
+        await new Promise<void>((resolve) => gates.push(resolve));
+        throw new Error('crash');
+      },
+      { attempts: 3, exceptions: 2, delay: 5 },
+    );
+    await sub.listen();
+    const copy = { ...id(), redundant: true };
+    pool.channel(A).deliver('orders', 'x', copy);
+    await flush();
+    pool.channel(B).deliver('orders', 'x', copy);
+    pool.channel(A).deliver('orders', 'x', copy); // e.g. a redelivery
+    await flush();
+    expect(runs).toBe(1);
+    gates.shift()?.();
+    await flush();
+    // The first crashed; the others see the retry delay (Delayed), as the store says; none ran the handler.
+    expect(processed.map((p) => p.outcome)).toEqual([Outcome.HandlerCrash, Outcome.Delayed, Outcome.Delayed]);
+    expect(runs).toBe(1);
+    await sub.stop();
+  });
+
+  it('a stop while a copy waits leaves it unsettled for redelivery', async () => {
+    const sub = subscriber({ subscriberConcurrency: 2 });
+    let release!: () => void;
+    sub.register('orders', () => new Promise<void>((resolve) => (release = resolve)));
+    await sub.listen();
+    const copy = { ...id(), redundant: true };
+    const tagA = pool.channel(A).deliver('orders', 'x', copy);
+    await flush();
+    pool.channel(B).deliver('orders', 'x', copy);
+    await flush();
+    const channelB = pool.channel(B);
+    const stopping = sub.stop({ timeout: 10 });
+    await flush();
+    release();
+    expect(await stopping).toEqual({ abandoned: 0 });
+    expect(pool.channels.find((c) => c.server === A)?.acked).toEqual([tagA]);
+    expect(channelB.acked).toEqual([]);
+    expect(channelB.rejected).toEqual([]);
+    expect(processed).toHaveLength(1);
+    expect(clock.pendingTimers).toBe(0);
+  });
+
+  it('the wait is bounded by the handler timeout + grace; then the store decides', async () => {
+    const sub = subscriber({ subscriberConcurrency: 2 });
+    let hang = true;
+    let releaseHook!: () => void;
+    sub.register(
+      'orders',
+      {
+        process: () => 'done',
+        // The first copy's processing never finishes (its hook hangs) although the store says completed.
+        postProcess: () => (hang ? new Promise<void>((resolve) => (releaseHook = resolve)) : undefined),
+      },
+      { timeout: 5 },
+    );
+    await sub.listen();
+    const copy = { ...id(), redundant: true };
+    const tagA = pool.channel(A).deliver('orders', 'x', copy);
+    await flush();
+    hang = false;
+    const tagB = pool.channel(B).deliver('orders', 'x', copy);
+    await flush();
+    expect(pool.channel(A).acked).toEqual([tagA]);
+    await clock.advance(14_999);
+    expect(pool.channel(B).acked).toEqual([]);
+    await clock.advance(1);
+    expect(pool.channel(B).acked).toEqual([tagB]);
+    expect(processed.map((p) => p.outcome)).toEqual([Outcome.OK]);
+    releaseHook();
+    await flush();
+    expect(processed).toHaveLength(2);
+    await sub.stop();
+  });
+
+  it('does not key undecodable deliveries (same message id, no Beetle headers): both handled at once', async () => {
+    const sub = subscriber({ subscriberConcurrency: 2 });
+    const entered: string[] = [];
+    const gates: (() => void)[] = [];
+    sub.register('orders', {
+      process: () => undefined,
+      error: (_error, message) => {
+        entered.push(message.body.toString());
+        return new Promise<void>((resolve) => gates.push(resolve));
+      },
+    });
+    await sub.listen();
+    pool.channel(A).deliverRaw('orders', Buffer.from('one'), { messageId: 'same-id' });
+    pool.channel(B).deliverRaw('orders', Buffer.from('two'), { messageId: 'same-id' });
+    await flush();
+    expect(entered).toEqual(['one', 'two']);
+    for (const gate of gates) gate();
+    await flush();
+    expect(processed.map((p) => p.outcome)).toEqual([Outcome.DecodingError, Outcome.DecodingError]);
+    await sub.stop();
+  });
+});
+
+describe('Subscriber: many concurrent handlers', () => {
+  it('50 concurrent handlers: no MaxListenersExceededWarning, stop-signal listeners removed when they finish', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      const sub = subscriber({ subscriberConcurrency: 50, prefetchCount: 50 });
+      const gates: (() => void)[] = [];
+      sub.register('orders', () => new Promise<void>((resolve) => gates.push(resolve)), { attempts: 2 });
+      await sub.listen();
+      for (let i = 0; i < 50; i++) pool.channel(i % 2 === 0 ? A : B).deliver('orders', i, id());
+      await flush();
+      expect(gates).toHaveLength(50);
+      const stopSignal = (sub as unknown as { stopController: AbortController }).stopController.signal;
+      expect(getEventListeners(stopSignal, 'abort')).toHaveLength(50);
+      for (const gate of gates.splice(0)) gate();
+      await flush();
+      expect(processed).toHaveLength(50);
+      expect(getEventListeners(stopSignal, 'abort')).toHaveLength(0);
+      await sub.stop();
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+});
+
+describe('Subscriber: consumers cancelled by the broker (queue deleted)', () => {
+  let errors: SubscriberErrorEvent[];
+
+  function cancelSubscriber(): Subscriber {
+    errors = [];
+    const sub = subscriber({ subscriberReconnectDelay: 1, subscriberReconnectMaxDelay: 4 });
+    sub.on('error', (event) => errors.push(event));
+    sub.register('orders', () => 'ok');
+    sub.register('audit', () => 'ok');
+    return sub;
+  }
+
+  const consuming = (sub: Subscriber, server: string): readonly string[] | undefined =>
+    sub.status().find((s) => s.server === server)?.consuming;
+
+  it('reports it, drops the queue from status(), then sets the queue up again and consumes it after the backoff', async () => {
+    const sub = cancelSubscriber();
+    await sub.listen();
+    const channel = pool.channel(A);
+    const before = channel.calls.length;
+    const policyMessages = channel.published.length;
+    channel.brokerCancel('orders');
+    expect(errors).toMatchObject([{ phase: 'consume', server: A, queue: 'orders' }]);
+    expect(String(errors[0]?.error)).toContain('cancelled by the broker');
+    expect(consuming(sub, A)).toEqual(['audit']);
+    expect(consuming(sub, B)).toEqual(expect.arrayContaining(['orders', 'audit']));
+    expect(sub.status().every((s) => s.state === 'consuming')).toBe(true);
+    // random() = 0: half the first reconnect delay.
+    await clock.advance(499);
+    expect(channel.calls.slice(before)).toEqual([]);
+    await clock.advance(1);
+    const again = channel.calls.slice(before);
+    expect(again).toContain('queue orders');
+    expect(again).toContain('bind orders orders orders');
+    expect(again).toContain('bind orders shop order.*');
+    expect(again.at(-1)).toBe('consume orders');
+    expect(again.filter((c) => c.startsWith('consume'))).toEqual(['consume orders']);
+    expect(channel.published.length).toBe(policyMessages + 1); // the queue's policies again
+    expect(pool.channel(A)).toBe(channel); // same channel, no reconnect
+    expect(consuming(sub, A)).toEqual(expect.arrayContaining(['orders', 'audit']));
+    channel.deliver('orders', 'after the cancel', id());
+    await flush();
+    expect(processed.map((p) => [p.server, p.outcome])).toEqual([[A, Outcome.OK]]);
+    expect(errors).toHaveLength(1);
+    await sub.stop();
+  });
+
+  it('retries a failing setup with capped exponential backoff', async () => {
+    const sub = cancelSubscriber();
+    await sub.listen();
+    const channel = pool.channel(A);
+    channel.failDeclare.add('orders');
+    const attempts = (): number => channel.calls.filter((c) => c === 'queue orders').length;
+    const initial = attempts();
+    channel.brokerCancel('orders');
+    await clock.advance(500);
+    expect(attempts()).toBe(initial + 1);
+    expect(errors.map((e) => e.phase)).toEqual(['consume', 'consume']);
+    await clock.advance(999);
+    expect(attempts()).toBe(initial + 1);
+    await clock.advance(1);
+    expect(attempts()).toBe(initial + 2);
+    channel.failDeclare.delete('orders');
+    await clock.advance(2000);
+    expect(attempts()).toBe(initial + 3);
+    expect(consuming(sub, A)).toEqual(expect.arrayContaining(['orders', 'audit']));
+    expect(channel.calls.at(-1)).toBe('consume orders');
+    await sub.stop();
+  });
+
+  it('not while paused (a resume sets it up again), and not after stop', async () => {
+    const sub = cancelSubscriber();
+    await sub.listen();
+    const channel = pool.channel(A);
+    channel.brokerCancel('orders');
+    await sub.pauseListening(['orders']);
+    const before = channel.calls.length;
+    await clock.advance(10_000);
+    expect(channel.calls.slice(before)).toEqual([]);
+    await sub.resumeListening(['orders']);
+    const resumed = channel.calls.slice(before);
+    expect(resumed).toContain('queue orders');
+    expect(resumed.at(-1)).toBe('consume orders');
+    expect(consuming(sub, A)).toEqual(expect.arrayContaining(['orders', 'audit']));
+
+    channel.brokerCancel('audit');
+    await sub.stop();
+    expect(clock.pendingTimers).toBe(0);
+    const afterStop = channel.calls.length;
+    await clock.advance(10_000);
+    expect(channel.calls.slice(afterStop)).toEqual([]);
+  });
+
+  it('a channel loss before the recovery leaves it to the reconnect (one consumer per queue)', async () => {
+    const sub = cancelSubscriber();
+    await sub.listen();
+    pool.channel(A).brokerCancel('orders');
+    pool.channel(A).kill();
+    await clock.advance(10_000);
+    const calls = pool.channel(A).calls;
+    expect(calls.filter((c) => c.startsWith('consume')).sort()).toEqual(['consume audit', 'consume orders']);
+    expect(consuming(sub, A)).toEqual(expect.arrayContaining(['orders', 'audit']));
+    await sub.stop();
   });
 });

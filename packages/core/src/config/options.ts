@@ -92,7 +92,7 @@ export interface BeetleConfig {
   readonly subscriberConnectTimeout: number;
   /** Seconds before a subscriber retries a failed connection (base of the exponential backoff). */
   readonly subscriberReconnectDelay: number;
-  /** Seconds; 0 disables heartbeats. */
+  /** Seconds; 0 accepts the broker's proposal (amqplib cannot switch heartbeats off; Ruby: 0 = off). */
   readonly subscriberHeartbeat: number;
   readonly prefetchCount: number;
   /** Seconds between queue length measurements while throttling. */
@@ -299,7 +299,10 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
   publisherReadResponseTimeout: secs(5, 'how long the publisher waits for a broker answer to a method'),
   subscriberConnectTimeout: secs(5, 'subscriber connect timeout'),
   subscriberReconnectDelay: secs(10, 'delay before a subscriber retries a failed connection (backoff base)'),
-  subscriberHeartbeat: { ...int(0, 0, 65535, 'subscriber heartbeat (0 = off)'), unit: 'seconds' },
+  subscriberHeartbeat: {
+    ...int(0, 0, 65535, "subscriber heartbeat (0: the broker's proposal; Ruby: off)"),
+    unit: 'seconds',
+  },
   prefetchCount: int(1, 1, 65535, 'basic.qos prefetch per subscriber channel'),
   throttlingRefreshInterval: secs(60, 'how often queue lengths are measured while throttling'),
   publisherConfirms: {
