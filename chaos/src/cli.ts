@@ -144,10 +144,15 @@ async function main(): Promise<void> {
     process.stdout.write(v.json ? `${JSON.stringify(result, null, 2)}\n` : formatResult(result));
     process.exitCode = result.ok ? 0 : 1;
   } catch (error) {
+    if (controller.signal.aborted) {
+      process.stderr.write(`[chaos] aborted (seed ${seed}); workers and services stopped\n`);
+      process.exitCode = 130;
+      return;
+    }
     process.stderr.write(
       `[chaos] run failed (seed ${seed}): ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
     );
-    process.exitCode = controller.signal.aborted ? 130 : 2;
+    process.exitCode = 2;
   }
 }
 

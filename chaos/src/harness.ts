@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import amqp from 'amqplib';
 import { Tally, judge, type Verdict } from './checker.js';
 import { Cluster, DEFAULT_PORTS, type ClusterPorts } from './cluster.js';
-import { FAULTS, runNemesis, type ExecutedFault, type FaultKind } from './nemesis.js';
+import { FAULTS, describeStep, planStep, runNemesis, type ExecutedFault, type FaultKind } from './nemesis.js';
 import { Prng } from './prng.js';
 import type { ConsumerSettings, FromWorker, PublisherSettings, SystemSettings } from './protocol.js';
 import { RecordTail, Worker } from './workers.js';
@@ -146,7 +146,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   validate(options);
   const started = Date.now();
   const prng = new Prng(options.seed);
-  const nemesisPrng = prng.fork();
+  const nemesisSeed = prng.fork().seed;
+  const nemesisPrng = new Prng(nemesisSeed);
   const dir = mkdtempSync(join(tmpdir(), 'beetle-chaos-'));
   const queue = `chaos_${options.seed}_${randomBytes(3).toString('hex')}`;
   const faultsLabel =
@@ -171,18 +172,32 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   };
   let poller: NodeJS.Timeout | undefined;
   let nemesis: Promise<ExecutedFault[]> | undefined;
+  let starting: Promise<Cluster> | undefined;
   let ok = false;
 
   try {
-    cluster ??= await abortable(
-      Cluster.start(options.ports ?? DEFAULT_PORTS, join(dir, 'redis-master'), log),
-    );
+    if (cluster === undefined) {
+      starting = Cluster.start(options.ports ?? DEFAULT_PORTS, join(dir, 'redis-master'), log);
+      cluster = await abortable(starting);
+    }
     if (!owned) {
       await cluster.heal();
       await cluster.flushRedis();
       cluster.writeMasterFile(cluster.master.address);
     }
     const services = cluster;
+    // The plan is a pure function of the seed: print its beginning (the run executes as much as fits).
+    const planPrng = new Prng(nemesisSeed);
+    const planOptions = {
+      faults: options.faults,
+      brokers: services.brokers.length,
+      consumers: options.consumers,
+    };
+    const planned = options.faults !== 'mixed' && options.faults.length === 0 ? 0 : (options.maxFaults ?? 8);
+    for (let n = 0; n < planned; n++) {
+      const step = planStep(planPrng, n, planOptions);
+      log(`planned fault #${n + 1}: after ${step.gap}s, ${describeStep(step, services)}`);
+    }
     const system: SystemSettings = {
       servers: services.servers,
       masterFile: services.masterFile,
@@ -213,7 +228,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       let ready = false;
       void worker.exited.then((exit) => {
         // Before it was ready, the failure surfaces through `waitFor` below.
-        if (worker.expectedExit || shuttingDown || !ready) return;
+        if (worker.expectedExit || shuttingDown || !ready || signal?.aborted) return;
         const what = `${worker.name} died unexpectedly (${exit.code ?? exit.signal}); see ${worker.logFile}`;
         crashes.push(what);
         log(what);
@@ -413,6 +428,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     if (nemesis) await nemesis.catch((error: unknown) => log(`nemesis: ${String(error)}`));
     for (const worker of all) worker.kill('SIGKILL');
     await Promise.all(all.map((w) => w.exited));
+    // Aborted while the services were starting: wait for them, to stop them.
+    if (cluster === undefined && starting !== undefined) cluster = await starting.catch(() => undefined);
     if (cluster !== undefined) {
       const servers = cluster.servers;
       try {

@@ -170,7 +170,11 @@ function safeJson(value: unknown): string {
   }
 }
 
-/** Leaves when the harness goes away (IPC channel closed): no orphaned workers. */
+/**
+ * Leaves when the harness goes away (IPC channel closed): no orphaned workers. Ignores Ctrl-C (SIGINT goes to
+ * the whole process group): the harness decides when its workers end.
+ */
 export function exitWithParent(): void {
   process.on('disconnect', () => process.exit(3));
+  process.on('SIGINT', () => undefined);
 }

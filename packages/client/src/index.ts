@@ -17,4 +17,10 @@ export {
 } from '@beetle/core';
 export { RedisDedupStore } from '@beetle/dedup-redis';
 export type { PublishOptions } from '@beetle/publisher';
-export type { Handler, HandlerContext, HandlerMessage, HandlerObject, HandlerOptions } from '@beetle/subscriber';
+export type {
+  Handler,
+  HandlerContext,
+  HandlerMessage,
+  HandlerObject,
+  HandlerOptions,
+} from '@beetle/subscriber';
