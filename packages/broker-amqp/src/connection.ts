@@ -552,7 +552,7 @@ class AmqpPublishChannel implements PublishChannel {
           this.pending.delete(id);
           if (error === null || error === undefined) entry.resolve();
           else if (this.closedError || this.closeReason || errorMessage(error) === 'channel closed')
-            entry.reject(this.channelClosedError());
+            entry.reject(outcomeUnknown(this.channelClosedError()));
           else
             entry.reject(
               new BrokerError('broker-closed', this.server, `publish not confirmed: ${errorMessage(error)}`, {
@@ -623,7 +623,9 @@ class AmqpPublishChannel implements PublishChannel {
   private failAll(error: Error): void {
     const entries = [...this.pending.values()];
     this.pending.clear();
-    for (const entry of entries) entry.reject(error);
+    // Every pending entry was written already: whether the broker stored it is unknown.
+    const unknown = error instanceof BrokerError ? outcomeUnknown(error) : error;
+    for (const entry of entries) entry.reject(unknown);
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = undefined;
   }
@@ -653,6 +655,18 @@ class AmqpPublishChannel implements PublishChannel {
     timer.unref();
     return timer;
   }
+}
+
+/** The same failure, marked as having happened after the message was written (see `outcomeUnknown`). */
+function outcomeUnknown(error: BrokerError): BrokerError {
+  if (error.outcomeUnknown) return error;
+  const message = error.message.startsWith(`${error.server}: `)
+    ? error.message.slice(error.server.length + 2)
+    : error.message;
+  return new BrokerError(error.reason as 'broker-closed', error.server, message, {
+    cause: error,
+    outcomeUnknown: true,
+  });
 }
 
 interface DeclarationTarget {

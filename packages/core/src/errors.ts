@@ -92,10 +92,17 @@ export class BrokerError extends BeetleError {
     >,
     readonly server: string,
     message: string,
-    options: BeetleErrorOptions = {},
+    options: BeetleErrorOptions & { outcomeUnknown?: boolean } = {},
   ) {
     super(reason, `${server}: ${message}`, options);
+    this.outcomeUnknown = options.outcomeUnknown ?? false;
   }
+
+  /**
+   * A publish failed after it was written to the broker (connection lost or no confirm in time): the broker
+   * may have stored the message. Sending it elsewhere too could make an extra copy.
+   */
+  readonly outcomeUnknown: boolean;
 }
 
 /** A publish that could not complete within its timeout (back-pressure, blocked or silent brokers). */

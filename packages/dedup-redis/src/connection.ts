@@ -19,10 +19,14 @@ export interface RedisConnectionSettings {
   readonly connectTimeoutMs: number;
   /**
    * Milliseconds without a reply after which a call counts as stalled: the outage is logged, the master file
-   * looked at, and the connection probed (see `RedisConnection.awaitReply`).
+   * looked at, and the connection probed (see `RedisConnection.awaitStalled`). Checked by one sweeper per
+   * connection every 250 ms (a quarter of the read timeout if that is shorter), so up to that much later.
    */
   readonly readTimeoutMs: number;
-  /** Milliseconds every call keeps retrying before it rejects with `NoRedisMasterError`. */
+  /**
+   * Milliseconds every call keeps retrying before it rejects with `NoRedisMasterError` (a call waiting for
+   * a reply: checked by the sweeper, see `readTimeoutMs`).
+   */
   readonly failoverTimeoutMs: number;
   /** Milliseconds between two attempts of one call. */
   readonly retryIntervalMs: number;
@@ -67,8 +71,44 @@ export function isRetriableRedisError(error: unknown): boolean {
   return RETRIABLE_MESSAGES.test(error.message);
 }
 
-/** How waiting for a reply ended: the reply, the time limit, or a wake-up (close, master change). */
-type Settled<T> = { settled: true; value: T } | { settled: false; timedOut: boolean };
+/** Why a wait for a reply ended without the reply: its time was up, or it was woken (close, master change). */
+const TIMED_OUT = Symbol('timed out');
+const WOKEN = Symbol('woken');
+type Interrupt = typeof TIMED_OUT | typeof WOKEN;
+
+/**
+ * A call waiting for its reply until `until` (epoch ms). No timer of its own: the connection's sweeper (one
+ * interval timer for all calls) interrupts the waits whose time is up, so a call costs one promise, not a
+ * timer, a race and their closures.
+ */
+class ReplyWait<T> {
+  readonly outcome: Promise<T | Interrupt>;
+  private interruptWith!: (why: Interrupt) => void;
+
+  constructor(
+    reply: Promise<T>,
+    readonly until: number,
+  ) {
+    this.outcome = new Promise<T | Interrupt>((resolve, reject) => {
+      this.interruptWith = resolve;
+      reply.then(resolve, reject);
+    });
+  }
+
+  /** Ends the wait (a no-op once the reply has come). */
+  interrupt(why: Interrupt): void {
+    this.interruptWith(why);
+  }
+}
+
+/** What a call does on the client, with up to two arguments (so that hot callers need no closure). */
+type Call<T, A, B> = (client: ScriptedRedis, a: A, b: B) => Promise<T>;
+
+/** How long a connection must stay silent after a probe of its server answered to count as dead (ms). */
+const PROBE_GRACE_MS = 100;
+
+/** How often, at most, the sweeper looks for stalled calls (ms); more often with a short `readTimeout`. */
+const SWEEP_INTERVAL_MS = 250;
 
 /** ioredis' connection status, read fresh (TypeScript would keep a narrowed value across awaits). */
 const statusOf = (client: Redis): string => client.status;
@@ -101,14 +141,20 @@ export class RedisConnection {
   private outageSince: number | undefined;
   private outageGaveUp = false;
   private closed = false;
+  /** Waits outside calls' replies (sleeps between attempts, waits for a connection), woken by `wakeAll`. */
   private readonly wakeups = new Set<() => void>();
+  /** Calls waiting for their replies, watched by the sweeper. */
+  private readonly waiting = new Set<ReplyWait<unknown>>();
+  private sweeper: NodeJS.Timeout | undefined;
+  private readonly sweepIntervalMs: number;
   private readonly readySignals = new WeakMap<Redis, Promise<void>>();
   private readonly probes = new WeakMap<Redis, Promise<boolean>>();
   /** When each client last received data (replies), to tell a stalled server from a dead connection. */
-  private readonly lastData = new WeakMap<Redis, number>();
+  private readonly lastData = new WeakMap<Redis, { at: number }>();
 
   constructor(private readonly settings: RedisConnectionSettings) {
     this.masterFile = isRedisAddress(settings.redisServer) ? undefined : settings.redisServer;
+    this.sweepIntervalMs = Math.max(10, Math.min(SWEEP_INTERVAL_MS, settings.readTimeoutMs / 4));
   }
 
   /** The `host:port` currently connected to (or being connected to), if any. */
@@ -118,24 +164,45 @@ export class RedisConnection {
 
   /**
    * Runs `operation` on the current master, retrying connection-level failures until the failover timeout.
+   * `call` gets the client and `a`, `b`.
    *
    * A command is resent only when its connection dropped, the connection was found dead, or the master
    * changed; the server may have executed it all the same (only the reply was lost), so a non-idempotent
    * script can run twice: an `INCR` may count twice, and a resent claim finds its own first sighting (the
    * message then looks in progress until its handler timeout has passed, when a retry takes it over). Ruby
    * retries the same way and accepts this (hence `ack_count >= 2`); we narrow the window by never resending
-   * to a server that is merely slow (see `awaitReply`).
+   * to a server that is merely slow (see `awaitStalled`).
    */
-  async run<T>(operation: string, call: (client: ScriptedRedis) => Promise<T>): Promise<T> {
+  run<T>(operation: string, call: Call<T, undefined, undefined>): Promise<T>;
+  run<T, A, B = undefined>(operation: string, call: Call<T, A, B>, a: A, b?: B): Promise<T>;
+  async run<T, A, B>(operation: string, call: Call<T, A, B>, a?: A, b?: B): Promise<T> {
     const deadline = Date.now() + this.settings.failoverTimeoutMs;
     for (;;) {
       this.assertOpen();
       const started = Date.now();
       try {
-        const client = await this.readyClient(deadline);
-        const result = await this.awaitReply(client, call(client), deadline);
-        this.recovered();
-        return result;
+        let client = this.readyClientNow(started);
+        let sentAt = started;
+        if (client === undefined) {
+          client = await this.readyClient(deadline);
+          sentAt = Date.now();
+        }
+        const reply = call(client, a as A, b as B);
+        // The hot path: one wait, which the reply normally ends. awaitStalled takes over when it does not.
+        const wait = new ReplyWait(reply, Math.min(sentAt + this.settings.readTimeoutMs, deadline));
+        this.watch(wait);
+        let outcome: T | Interrupt;
+        try {
+          outcome = await wait.outcome;
+        } finally {
+          this.waiting.delete(wait);
+        }
+        this.assertOpen();
+        if (outcome === TIMED_OUT || outcome === WOKEN) {
+          outcome = await this.awaitStalled(client, reply, deadline, outcome as Interrupt);
+        }
+        if (this.outageSince !== undefined) this.recovered();
+        return outcome;
       } catch (error) {
         this.assertOpen();
         if (!isRetriableRedisError(error)) throw error;
@@ -166,68 +233,107 @@ export class RedisConnection {
   }
 
   /**
-   * Waits for the reply of a command sent once. A command is never resent while its connection is up and
-   * the master unchanged: a stalled server (paused, swapping, forking, busy) will still execute it, and a
-   * resent claim would then find its own first sighting. After each `readTimeout` without a reply the outage
-   * is logged, the master file looked at (a new master: resend there), and, when the connection received
-   * nothing at all meanwhile, a fresh connection PINGs the same server: if that answers, our connection is
-   * dead (e.g. a network path that silently dropped it) and is dropped, which rejects its commands so that
-   * `run` resends them on a new connection. Past the deadline the caller gives up (`NoRedisMasterError`).
+   * Keeps waiting for the reply of a command sent once, after a first wait ended without it (`interrupt`). A
+   * command is never resent while its connection is up and the master unchanged: a stalled server (paused,
+   * swapping, forking, busy) will still execute it, and a resent claim would then find its own first
+   * sighting. After each `readTimeout` without a reply the outage is logged, the master file looked at (a new
+   * master: resend there), and, when the connection received nothing at all meanwhile, a fresh connection
+   * PINGs the same server: if that answers, our connection is dead (e.g. a network path that silently
+   * dropped it) and is dropped, which rejects its commands so that `run` resends them on a new connection.
+   * Past the deadline the caller gives up (`NoRedisMasterError`).
    */
-  private async awaitReply<T>(client: ScriptedRedis, reply: Promise<T>, deadline: number): Promise<T> {
-    reply.catch(() => undefined); // may be abandoned at the deadline or on a master change
+  private async awaitStalled<T>(
+    client: ScriptedRedis,
+    reply: Promise<T>,
+    deadline: number,
+    interrupt: Interrupt,
+  ): Promise<T> {
     const server = `${client.options.host ?? ''}:${client.options.port ?? ''}`;
+    let outcome: T | Interrupt = interrupt;
     for (;;) {
-      const started = Date.now();
-      const wait = Math.max(0, Math.min(this.settings.readTimeoutMs, deadline - started));
-      const outcome = await this.settleWithin(reply, wait);
-      this.assertOpen();
-      if (outcome.settled) return outcome.value;
+      if (outcome !== TIMED_OUT && outcome !== WOKEN) return outcome;
       if (this.client !== client)
         throw new RedisUnavailableError(`the Redis master moved away from ${server}`);
-      if (!outcome.timedOut) continue; // woken early, for another call's reason
-      const stalled = new RedisUnavailableError(
-        `no reply from Redis ${server} within ${this.settings.readTimeoutMs / 1000}s`,
-      );
-      if (Date.now() >= deadline) throw stalled;
-      this.outage(stalled);
-      this.lastMasterCheck = Number.NEGATIVE_INFINITY;
-      await this.refreshMaster().catch(() => undefined);
-      if (this.client !== client) throw stalled; // the master moved: resend there
-      const quietFor = Date.now() - (this.lastData.get(client) ?? 0);
-      if (
-        statusOf(client) === 'ready' &&
-        quietFor >= this.settings.readTimeoutMs &&
-        (await this.probe(client))
-      ) {
-        this.settings.logger.warn(
-          { server: this.address },
-          'Redis dedup store: connection silent while the server answers; reconnecting',
+      // Woken with the master unchanged (for another call's reason): just wait again. Timed out: a stall.
+      if (outcome === TIMED_OUT) {
+        const stalled = new RedisUnavailableError(
+          `no reply from Redis ${server} within ${this.settings.readTimeoutMs / 1000}s`,
         );
-        client.stream.destroy(); // not end(): a dead peer would never complete the close
+        if (Date.now() >= deadline) throw stalled;
+        this.outage(stalled);
+        this.lastMasterCheck = Number.NEGATIVE_INFINITY;
+        await this.refreshMaster().catch(() => undefined);
+        if (this.client !== client) throw stalled; // the master moved: resend there
+        const lastData = this.lastData.get(client)?.at ?? 0;
+        if (
+          statusOf(client) === 'ready' &&
+          Date.now() - lastData >= this.settings.readTimeoutMs &&
+          (await this.probe(client)) &&
+          (await this.silentAfterProbe(client, lastData))
+        ) {
+          this.settings.logger.warn(
+            { server: this.address },
+            'Redis dedup store: connection silent while the server answers; reconnecting',
+          );
+          client.stream.destroy(); // not end(): a dead peer would never complete the close
+        }
+      }
+      const wait = new ReplyWait(reply, Math.min(Date.now() + this.settings.readTimeoutMs, deadline));
+      this.watch(wait);
+      try {
+        outcome = await wait.outcome;
+      } finally {
+        this.waiting.delete(wait);
+      }
+      this.assertOpen();
+    }
+  }
+
+  /**
+   * Whether our connection still received nothing since `lastData` a moment after a probe found its server
+   * answering. A server that was frozen and resumes during the probe answers the probe and our pending
+   * commands alike, but not necessarily the probe last: the connection is only dead if it stays silent.
+   */
+  private async silentAfterProbe(client: ScriptedRedis, lastData: number): Promise<boolean> {
+    await this.sleep(PROBE_GRACE_MS);
+    return (
+      !this.closed &&
+      this.client === client &&
+      statusOf(client) === 'ready' &&
+      (this.lastData.get(client)?.at ?? 0) === lastData
+    );
+  }
+
+  /** Has the sweeper watch `wait` (until the caller deletes it from `waiting`). */
+  private watch(wait: ReplyWait<unknown>): void {
+    this.waiting.add(wait);
+    if (this.sweeper === undefined) {
+      this.sweeper = setInterval(() => this.sweep(), this.sweepIntervalMs);
+      this.sweeper.unref(); // a call waiting for a reply has a socket open anyway
+    }
+  }
+
+  /** Interrupts the waits whose time is up; stops when nothing waits any more. */
+  private sweep(): void {
+    if (this.waiting.size === 0) {
+      clearInterval(this.sweeper);
+      this.sweeper = undefined;
+      return;
+    }
+    const now = Date.now();
+    for (const wait of this.waiting) {
+      if (now >= wait.until) {
+        this.waiting.delete(wait);
+        wait.interrupt(TIMED_OUT);
       }
     }
   }
 
-  /** The promise's value if it settles within `ms` (rejections are rethrown), else `{ settled: false }`. */
-  private async settleWithin<T>(promise: Promise<T>, ms: number): Promise<Settled<T>> {
-    let wake: (() => void) | undefined;
-    const timeout = new Promise<Settled<T>>((resolve) => {
-      const timer = setTimeout(() => resolve({ settled: false, timedOut: true }), ms);
-      wake = (): void => {
-        clearTimeout(timer);
-        resolve({ settled: false, timedOut: false });
-      };
-      this.wakeups.add(wake);
-    });
-    try {
-      return await Promise.race([promise.then((value): Settled<T> => ({ settled: true, value })), timeout]);
-    } finally {
-      if (wake) {
-        this.wakeups.delete(wake);
-        wake();
-      }
-    }
+  /** Wakes every wait (calls' replies, sleeps, connection waits) early, for a close or a master change. */
+  private wakeAll(): void {
+    for (const wait of this.waiting) wait.interrupt(WOKEN);
+    this.waiting.clear();
+    for (const wake of [...this.wakeups]) wake();
   }
 
   /** Whether the client's server answers PING on a fresh connection (one probe per client at a time). */
@@ -269,7 +375,9 @@ export class RedisConnection {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const wake of [...this.wakeups]) wake();
+    this.wakeAll();
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
     const client = this.client;
     this.client = undefined;
     this.address = undefined;
@@ -283,6 +391,23 @@ export class RedisConnection {
   private describeServer(): string {
     const at = this.address ?? 'no master';
     return this.masterFile === undefined ? at : `${at} from ${this.masterFile}`;
+  }
+
+  /**
+   * The client of the current master if it can be used right away: ready, and no look at the master file
+   * due (else `readyClient`, which looks and waits).
+   */
+  private readyClientNow(now: number): ScriptedRedis | undefined {
+    const client = this.client;
+    if (client?.status !== 'ready') return undefined;
+    if (
+      this.masterFile !== undefined &&
+      (this.masterProblem !== undefined ||
+        now - this.lastMasterCheck >= this.settings.masterFileCheckIntervalMs)
+    ) {
+      return undefined;
+    }
+    return client;
   }
 
   /** The client of the current master once it is ready, waiting up to one retry interval for it. */
@@ -367,7 +492,7 @@ export class RedisConnection {
     this.address = address;
     if (old) void this.retire(old);
     if (address !== undefined) this.connect(address);
-    for (const wake of [...this.wakeups]) wake();
+    this.wakeAll();
   }
 
   private connect(address: string): ScriptedRedis {
@@ -394,9 +519,14 @@ export class RedisConnection {
     for (const [name, script] of Object.entries(SCRIPTS)) {
       client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua });
     }
+    const lastData = { at: 0 };
+    this.lastData.set(client, lastData);
+    const received = (): void => {
+      lastData.at = Date.now();
+    };
     client.on('connect', () => {
-      this.lastData.set(client, Date.now());
-      client.stream.on('data', () => this.lastData.set(client, Date.now()));
+      lastData.at = Date.now();
+      client.stream.on('data', received);
     });
     client.on('error', (error: Error) => {
       this.lastClientError = error;

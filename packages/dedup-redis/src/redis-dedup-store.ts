@@ -5,6 +5,7 @@ import {
   KEY_SUFFIXES,
   allKeysOf,
   keyOf,
+  msgId,
   parseKey,
   rubyToI,
   type AcquireParams,
@@ -38,7 +39,8 @@ export interface RedisDedupStoreOptions {
   /**
    * Seconds without a reply after which a call counts as stalled: the outage is logged, the master file is
    * looked at and the connection is checked (a dead one is replaced). Commands are not resent on a live
-   * connection, so a stalled server never runs one twice. Default 5.
+   * connection, so a stalled server never runs one twice. Checked every 250 ms (a quarter of readTimeout if
+   * shorter), so noticed up to that much later. Default 5.
    */
   readonly readTimeout?: number;
   /** Seconds every call keeps retrying while Redis is unreachable, then `NoRedisMasterError`. Default 180. */
@@ -114,6 +116,22 @@ const FAIL_OUTCOMES: ReadonlySet<string> = new Set<FailOutcome>([
 const unexpected = (script: string, reply: unknown): Error =>
   new Error(`unexpected reply from the ${script} script: ${JSON.stringify(reply)}`);
 
+// The store's hot calls, as functions of the client and the call's arguments (no closure per call). Each
+// builds the message id `msgid:<queue>:<uuid>` once; the scripts build the keys from it.
+const claimCall = (redis: ScriptedRedis, ref: MessageRef, params: ClaimParams): Promise<unknown> =>
+  redis.beetleClaim(msgId(ref), String(params.expiresAt), String(params.timeoutAt));
+
+const completeCall = (redis: ScriptedRedis, ref: MessageRef): Promise<'OK'> => {
+  const id = msgId(ref);
+  return redis.mset(`${id}:status`, 'completed', `${id}:timeout`, '0');
+};
+
+const acknowledgedCall = (
+  redis: ScriptedRedis,
+  ref: MessageRef,
+  args: readonly [string, string],
+): Promise<unknown> => redis.beetleAcknowledged(msgId(ref), args[0], args[1]);
+
 /** A value of Ruby's MGET: a string read with `to_i`, or nil. */
 const optionalInt = (value: unknown): number | undefined => {
   if (typeof value === 'string') return rubyToI(value);
@@ -124,7 +142,8 @@ const optionalInt = (value: unknown): number | undefined => {
 /**
  * Ruby Beetle's deduplication store on Redis (reference §4), compatible with Ruby consumers sharing the same
  * Redis: same keys (`msgid:<queue>:<uuid>:<suffix>`), values and database (4). Each step is one round trip
- * (a Lua script or a single command), and all messages share one auto-pipelined connection.
+ * (a Lua script or a single command), and all messages share one auto-pipelined connection. The scripts get
+ * the message id and build the keys themselves; no call has a timer of its own (see `RedisConnection`).
  *
  * A redundant message handled on the happy path costs 5 round trips (claim, complete, acknowledged for the
  * first copy; claim, acknowledged for the second) where Ruby needs 8.
@@ -132,6 +151,11 @@ const optionalInt = (value: unknown): number | undefined => {
 export class RedisDedupStore implements DedupStore {
   readonly statusKeyExpiryInterval: number;
   private readonly connection: RedisConnection;
+  /** The arguments of the acknowledged script, redundant or not. */
+  private readonly acknowledgedArgs: {
+    readonly redundant: readonly [string, string];
+    readonly single: readonly [string, string];
+  };
 
   constructor(options: RedisDedupStoreOptions = {}) {
     const interval = seconds('statusKeyExpiryInterval', options.statusKeyExpiryInterval, 0);
@@ -141,6 +165,7 @@ export class RedisDedupStore implements DedupStore {
       });
     }
     this.statusKeyExpiryInterval = interval;
+    this.acknowledgedArgs = { redundant: ['1', String(interval)], single: ['0', String(interval)] };
     const db = options.db ?? 4;
     if (!Number.isInteger(db) || db < 0) {
       throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
@@ -198,18 +223,7 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async claim(ref: MessageRef, params: ClaimParams): Promise<ClaimResult> {
-    const reply = await this.run('claim', (redis) =>
-      redis.beetleClaim(
-        keyOf(ref, 'status'),
-        keyOf(ref, 'expires'),
-        keyOf(ref, 'timeout'),
-        keyOf(ref, 'attempts'),
-        keyOf(ref, 'delay'),
-        keyOf(ref, 'exceptions'),
-        String(params.expiresAt),
-        String(params.timeoutAt),
-      ),
-    );
+    const reply = await this.connection.run('claim', claimCall, ref, params);
     if (!Array.isArray(reply)) throw unexpected('claim', reply);
     if (reply[0] === 1 && typeof reply[1] === 'number') return { first: true, attempts: reply[1] };
     if (reply[0] !== 0 || reply.length !== 6) throw unexpected('claim', reply);
@@ -229,9 +243,7 @@ export class RedisDedupStore implements DedupStore {
   async acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
     const reply = await this.run('acquire', (redis) =>
       redis.beetleAcquire(
-        keyOf(ref, 'mutex'),
-        keyOf(ref, 'timeout'),
-        keyOf(ref, 'attempts'),
+        msgId(ref),
         String(params.now),
         String(params.timeoutAt),
         String(params.staleAfter),
@@ -243,20 +255,13 @@ export class RedisDedupStore implements DedupStore {
 
   async complete(ref: MessageRef): Promise<void> {
     // Ruby's `completed!`, a single command.
-    await this.run('complete', (redis) =>
-      redis.mset(keyOf(ref, 'status'), 'completed', keyOf(ref, 'timeout'), '0'),
-    );
+    await this.connection.run('complete', completeCall, ref);
   }
 
   async fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
     const reply = await this.run('fail', (redis) =>
       redis.beetleFail(
-        keyOf(ref, 'exceptions'),
-        keyOf(ref, 'attempts'),
-        keyOf(ref, 'status'),
-        keyOf(ref, 'timeout'),
-        keyOf(ref, 'mutex'),
-        keyOf(ref, 'delay'),
+        msgId(ref),
         String(params.attemptsLimit),
         String(params.exceptionsLimit),
         params.accepted ? '1' : '0',
@@ -285,13 +290,8 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async acknowledged(ref: MessageRef, params: { readonly redundant: boolean }): Promise<void> {
-    await this.run('acknowledged', (redis) =>
-      redis.beetleAcknowledged(
-        ...allKeysOf(ref),
-        params.redundant ? '1' : '0',
-        String(this.statusKeyExpiryInterval),
-      ),
-    );
+    const args = params.redundant ? this.acknowledgedArgs.redundant : this.acknowledgedArgs.single;
+    await this.connection.run('acknowledged', acknowledgedCall, ref, args);
   }
 
   async inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>> {

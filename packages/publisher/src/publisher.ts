@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import {
   TypedEmitter,
   BeetleError,
+  BrokerError,
   ClosedError,
   encodeMessage,
   NoMessageSentError,
@@ -618,6 +619,15 @@ export class Publisher<M extends MessageMap = MessageMap> {
         } catch (error) {
           errors.push(error);
           this.attemptFailed(prepared.name, messageId, server, error, attempt === 2);
+          if (error instanceof BrokerError && error.outcomeUnknown) {
+            // The broker may hold this copy already: placing it again (here or elsewhere) could make a
+            // third copy, which consumers would handle again once the keys of the first two are gone.
+            this.logger.warn(
+              { message: prepared.name, messageId, server },
+              `copy of ${prepared.name} on ${server} has an unknown outcome; not placing it again`,
+            );
+            return;
+          }
         }
       }
       attempt = 1;

@@ -1,0 +1,55 @@
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import type { MessageRef } from '@beetle/core';
+import { RedisDedupStore } from '../src/index.js';
+import { nowSeconds, requireSharedRedis, sleep, TEST_REDIS } from './helpers.js';
+
+/** The store's private parts these tests look at. */
+interface Internals {
+  connection: {
+    client?: { options: { enableAutoPipelining?: boolean } };
+    sweeper?: NodeJS.Timeout;
+    waiting: Set<unknown>;
+  };
+}
+
+const internals = (store: RedisDedupStore): Internals['connection'] =>
+  (store as unknown as Internals).connection;
+
+const happyPath = async (store: RedisDedupStore, ref: MessageRef): Promise<void> => {
+  const now = nowSeconds();
+  expect((await store.claim(ref, { expiresAt: now + 60, timeoutAt: now + 600 })).first).toBe(true);
+  await store.complete(ref);
+  await store.acknowledged(ref, { redundant: true });
+  expect((await store.claim(ref, { expiresAt: now + 60, timeoutAt: now + 600 })).first).toBe(false);
+  await store.acknowledged(ref, { redundant: true });
+};
+
+describe('the hot path of RedisDedupStore', () => {
+  beforeAll(requireSharedRedis);
+
+  let store: RedisDedupStore | undefined;
+
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    await store?.close();
+    store = undefined;
+  });
+
+  it('creates no timer per call: one sweeper per connection, stopped when idle', async () => {
+    store = new RedisDedupStore({ redisServer: TEST_REDIS, readTimeout: 0.2 });
+    await store.ping();
+    expect(internals(store).client?.options.enableAutoPipelining).toBe(true);
+    await sleep(200); // the sweeper of the ping stops
+    const timeouts = vi.spyOn(globalThis, 'setTimeout');
+    const intervals = vi.spyOn(globalThis, 'setInterval');
+    const refs = Array.from({ length: 200 }, () => ({ queue: 'hot-path-test', uuid: randomUUID() }));
+    await Promise.all(refs.map((ref) => happyPath(store!, ref)));
+    expect(timeouts).not.toHaveBeenCalled();
+    expect(intervals).toHaveBeenCalledTimes(1);
+    expect(internals(store).waiting.size).toBe(0);
+    await sleep(200);
+    expect(internals(store).sweeper).toBeUndefined();
+    for (const ref of refs) expect(await store.inspect(ref)).toEqual({});
+  });
+});
