@@ -9,6 +9,7 @@ import {
   silentLogger,
   timeoutAt,
   type BeetleMessage,
+  type DecodeResult,
   type DedupStore,
   type DeliverySource,
   type Logger,
@@ -100,6 +101,11 @@ export interface ProcessParams {
    * settled nor recorded in the store), so the broker redelivers it once the channel closes.
    */
   readonly stopSignal?: AbortSignal;
+  /**
+   * `decodeMessage(delivery, source)` when the caller has decoded the delivery already (saves decoding it
+   * twice); must be the result for this `delivery` and `source`.
+   */
+  readonly decoded?: DecodeResult;
 }
 
 export interface ProcessResult {
@@ -186,6 +192,32 @@ function undecodedMessage(
   };
 }
 
+/**
+ * The handler's abort signal, created on first use: most handlers never look at it, and an `AbortController`
+ * per delivery is costly. Aborting before the handler asked for the signal aborts it as soon as it is created,
+ * with the same reason, so the handler cannot tell the difference.
+ */
+class LazyAbort {
+  private controller: AbortController | undefined;
+  private aborted = false;
+  private reason: unknown;
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
 class Processing {
   private readonly clock: Clock;
   private readonly logger: Logger;
@@ -212,7 +244,7 @@ class Processing {
 
   async run(): Promise<ProcessResult> {
     const { handler, delivery, source } = this.params;
-    const decoded = decodeMessage(delivery, source);
+    const decoded = this.params.decoded ?? decodeMessage(delivery, source);
     let preError: { readonly error: unknown } | undefined;
     if (decoded.ok) {
       const message = handlerMessage(decoded.message);
@@ -424,9 +456,11 @@ class Processing {
     if (stopSignal?.aborted) return Promise.resolve({ kind: 'abandoned' });
     message.attempt = attempt;
     this.handlerCalled = true;
-    const controller = new AbortController();
+    const abort = new LazyAbort();
     const context: HandlerContext = {
-      signal: controller.signal,
+      get signal() {
+        return abort.signal;
+      },
       attempt,
       server: source.server,
       queue: source.queue,
@@ -444,14 +478,14 @@ class Processing {
         return true;
       };
       const onStop = (): void => {
-        if (finish({ kind: 'abandoned' })) controller.abort(new SubscriberStoppedError());
+        if (finish({ kind: 'abandoned' })) abort.abort(new SubscriberStoppedError());
       };
       const timer = this.clock.setTimeout(
         () => {
           const error = new HandlerTimeoutError(timeoutSeconds, source.queue, message.uuid);
           if (finish({ kind: 'error', error })) {
             this.logger.warn({ ...this.context, attempt }, error.message);
-            controller.abort(error);
+            abort.abort(error);
           }
         },
         Math.min(timeoutSeconds * 1000, MAX_TIMER_MS),
