@@ -9,6 +9,7 @@ import {
   decodeMessage,
   silentLogger,
   type BeetleConfig,
+  type DecodeResult,
   type DedupStore,
   type Logger,
   type QueueDefinition,
@@ -95,7 +96,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * still goes through the state machine and the store decides.
  */
 class InFlightRefs {
-  private readonly tails = new Map<string, Promise<void>>();
+  private readonly tails = new Map<string, InFlightLine>();
 
   get size(): number {
     return this.tails.size;
@@ -103,18 +104,43 @@ class InFlightRefs {
 
   /**
    * Joins the line of `key`: `previous` settles once the delivery before this one is done (undefined when
-   * there is none); `leave` must be called when this delivery is done (idempotent).
+   * there is none); `leave()` must be called when this delivery is done (idempotent).
    */
-  enter(key: string): { readonly previous: Promise<void> | undefined; readonly leave: () => void } {
-    const previous = this.tails.get(key);
-    let resolve!: () => void;
-    const mine = new Promise<void>((r) => (resolve = r));
-    this.tails.set(key, mine);
-    const leave = (): void => {
-      resolve();
-      if (this.tails.get(key) === mine) this.tails.delete(key);
-    };
-    return { previous, leave };
+  enter(key: string): InFlightLine {
+    const before = this.tails.get(key);
+    const line = new InFlightLine(this.tails, key, before?.done());
+    this.tails.set(key, line);
+    return line;
+  }
+}
+
+/** A delivery's place in the line of its ref; the promise the next copy waits on is only made when needed. */
+class InFlightLine {
+  private left = false;
+  private donePromise: Promise<void> | undefined;
+  private resolveDone: (() => void) | undefined;
+
+  constructor(
+    private readonly tails: Map<string, InFlightLine>,
+    private readonly key: string,
+    readonly previous: Promise<void> | undefined,
+  ) {}
+
+  /** Settles once this delivery has left the line. */
+  done(): Promise<void> {
+    if (this.donePromise === undefined) {
+      this.donePromise = this.left
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => (this.resolveDone = resolve));
+    }
+    return this.donePromise;
+  }
+
+  leave(): void {
+    if (this.left) return;
+    this.left = true;
+    this.resolveDone?.();
+    if (this.tails.get(this.key) === this) this.tails.delete(this.key);
   }
 }
 
@@ -145,6 +171,9 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private readonly refs = new InFlightRefs();
   /** Wake-ups of deliveries waiting for a copy in flight (`false`: stop). */
   private readonly copyWaiters = new Set<(go: boolean) => void>();
+  /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
+  private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery) =>
+    this.reject(channel, queue, delivery);
 
   constructor(options: SubscriberOptions) {
     const logger = options.logger ?? silentLogger;
@@ -277,9 +306,25 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       this.logger.debug({ server, queue: queue.name }, 'delivery while stopping; left for redelivery');
       return;
     }
-    const key = inFlightKey(queue, delivery);
+    // Decoded once here (for the in-flight key) and handed on to the state machine.
+    const decoded = decodeMessage(delivery, { queue: queue.amqpName, server });
+    const key = inFlightKey(queue, decoded);
     const line = key === undefined ? undefined : this.refs.enter(key);
-    const task = (async (): Promise<void> => {
+    const tracked = this.runDelivery(server, channel, queue, delivery, decoded, line);
+    this.inFlight.add(tracked);
+    void tracked.finally(() => this.inFlight.delete(tracked));
+  }
+
+  /** One delivery from its arrival to its end; never rejects (unexpected errors are logged). */
+  private async runDelivery(
+    server: string,
+    channel: SubscriberChannel,
+    queue: QueueDefinition,
+    delivery: Delivery,
+    decoded: DecodeResult,
+    line: InFlightLine | undefined,
+  ): Promise<void> {
+    try {
       try {
         // A copy of the same message is being processed here: wait for it (without holding a slot).
         if (line?.previous !== undefined && !(await this.awaitCopy(line.previous, queue))) {
@@ -291,19 +336,16 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
         }
         if (!(await this.acquireSlot())) return;
         try {
-          await this.handle(server, channel, queue, delivery);
+          await this.handle(server, channel, queue, delivery, decoded);
         } finally {
           this.releaseSlot();
         }
       } finally {
         line?.leave();
       }
-    })();
-    const tracked = task.catch((error: unknown) => {
+    } catch (error) {
       this.logger.error({ err: error, server, queue: queue.name }, 'unexpected error handling a delivery');
-    });
-    this.inFlight.add(tracked);
-    void tracked.finally(() => this.inFlight.delete(tracked));
+    }
   }
 
   private async handle(
@@ -311,25 +353,21 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     channel: SubscriberChannel,
     queue: QueueDefinition,
     delivery: Delivery,
+    decoded: DecodeResult,
   ): Promise<void> {
     const handler = this.handlers.get(queue.name);
     if (handler === undefined) throw new Error(`no handler for queue ${queue.name}`);
     const started = this.clock.nowMs();
-    const settler: DeliverySettler = {
-      ack: () => channel.ack(delivery),
-      reject: () => this.reject(channel, queue, delivery),
-      reply: (replyTo, body, headers) =>
-        channel.publish('', replyTo, body, { deliveryMode: 1, headers: { ...headers } }),
-    };
     const result = await processDelivery({
       delivery,
       source: { queue: queue.amqpName, server },
       handler,
       store: this.store,
-      settler,
+      settler: new ChannelSettler(this.rejectDelivery, channel, queue, delivery),
       clock: this.clock,
       logger: this.logger,
       stopSignal: this.stopController.signal,
+      decoded,
     });
     if (result.outcome === undefined) {
       this.emit('abandoned', { message: result.message, queue: queue.name, server });
@@ -804,9 +842,32 @@ class BrokerConsumer {
   }
 }
 
-/** The in-flight key of a Beetle delivery (AMQP queue + uuid); undefined for undecodable deliveries. */
-function inFlightKey(queue: QueueDefinition, delivery: Delivery): string | undefined {
-  const decoded = decodeMessage(delivery, { queue: queue.amqpName, server: '' });
+/** Settles one delivery on its channel (a class rather than closures: one allocation per delivery). */
+type RejectDelivery = (channel: SubscriberChannel, queue: QueueDefinition, delivery: Delivery) => void;
+
+class ChannelSettler implements DeliverySettler {
+  constructor(
+    private readonly rejectDelivery: RejectDelivery,
+    private readonly channel: SubscriberChannel,
+    private readonly queue: QueueDefinition,
+    private readonly delivery: Delivery,
+  ) {}
+
+  ack(): boolean {
+    return this.channel.ack(this.delivery);
+  }
+
+  reject(): void {
+    this.rejectDelivery(this.channel, this.queue, this.delivery);
+  }
+
+  reply(replyTo: string, body: Buffer, headers: { readonly status: 'OK' | 'FAILED' }): Promise<void> {
+    return this.channel.publish('', replyTo, body, { deliveryMode: 1, headers: { ...headers } });
+  }
+}
+
+/** The in-flight key of a decoded Beetle delivery (AMQP queue + uuid); undefined for undecodable deliveries. */
+function inFlightKey(queue: QueueDefinition, decoded: DecodeResult): string | undefined {
   // Message ids never contain ":" (decoding refuses them), so the key is unambiguous.
   return decoded.ok ? `${decoded.message.uuid}:${queue.amqpName}` : undefined;
 }
