@@ -296,16 +296,17 @@ class Processing {
     if (isRejectOutcome(outcome)) {
       // After an ack (e.g. a store error in `acknowledged`) there is nothing left to hand back.
       if (this.settle.state === 'pending') this.settle.reject();
-    } else {
+    } else if (this.replyTo() !== undefined) {
       await this.reply(outcome);
     }
 
+    // Hooks the handler does not have are skipped without an await (no promise per delivery for nothing).
     const message = this.message;
-    if (this.handlerCalled && message !== undefined) {
-      await this.hook('completed', handler.completed && (() => handler.completed?.(message)));
+    if (this.handlerCalled && message !== undefined && handler.completed !== undefined) {
+      await this.hook('completed', () => handler.completed?.(message));
     }
-    if (callbackMessage !== undefined) {
-      await this.hook('postProcess', handler.postProcess && (() => handler.postProcess?.(callbackMessage)));
+    if (callbackMessage !== undefined && handler.postProcess !== undefined) {
+      await this.hook('postProcess', () => handler.postProcess?.(callbackMessage));
     }
     return this.result(outcome, internalError?.error ?? this.exception?.error);
   }
@@ -512,9 +513,15 @@ class Processing {
     });
   }
 
-  private async reply(outcome: Outcome): Promise<void> {
+  /** Where the RPC reply goes; undefined when the message wants none. */
+  private replyTo(): string | undefined {
     const replyTo = this.message?.replyTo ?? this.params.delivery.properties.replyTo;
-    if (typeof replyTo !== 'string' || replyTo === '') return;
+    return typeof replyTo === 'string' && replyTo !== '' ? replyTo : undefined;
+  }
+
+  private async reply(outcome: Outcome): Promise<void> {
+    const replyTo = this.replyTo();
+    if (replyTo === undefined) return;
     try {
       await this.params.settler.reply(replyTo, replyBody(this.handlerResult), {
         status: outcome === Outcome.OK ? 'OK' : 'FAILED',

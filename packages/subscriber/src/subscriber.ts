@@ -334,7 +334,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
           );
           return;
         }
-        if (!(await this.acquireSlot())) return;
+        // A free slot is taken synchronously (no await); otherwise wait in line for one.
+        if (!this.tryAcquireSlot() && !(await this.acquireSlot())) return;
         try {
           await this.handle(server, channel, queue, delivery, decoded);
         } finally {
@@ -434,6 +435,13 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     };
     const handle = this.clock.setTimeout(fire, delayMs);
     this.requeues.set(handle, fire);
+  }
+
+  /** Takes a free slot now if there is one (what `acquireSlot` does without waiting). */
+  private tryAcquireSlot(): boolean {
+    if (this.stopping || this.running >= this.config.subscriberConcurrency) return false;
+    this.running++;
+    return true;
   }
 
   private acquireSlot(): Promise<boolean> {
