@@ -17,7 +17,7 @@ import {
   type MessageRef,
   type RawDelivery,
 } from '@beetle/core';
-import { systemClock, type Clock } from './clock.js';
+import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
 import {
   isRetriable,
@@ -167,8 +167,10 @@ function handlerMessage(m: BeetleMessage): MutableHandlerMessage {
     replyTo: m.replyTo,
     queue: m.queue,
     server: m.server,
-    text: () => m.text(),
-    json: <T>() => m.json<T>(),
+    // Bound methods rather than arrow closures: callable detached as before, and much cheaper to create where
+    // functions get their names set at runtime (esbuild's keepNames, as under tsx: ~1 us per closure pair).
+    text: m.text.bind(m),
+    json: m.json.bind(m),
   };
 }
 
@@ -192,15 +194,26 @@ function undecodedMessage(
   };
 }
 
+const ONCE = { once: true } as const;
+
 /**
- * The handler's abort signal, created on first use: most handlers never look at it, and an `AbortController`
- * per delivery is costly. Aborting before the handler asked for the signal aborts it as soon as it is created,
- * with the same reason, so the handler cannot tell the difference.
+ * The state of one handler run: settles it once (result, timeout or forced stop) and is the stop signal's
+ * listener. Its abort signal is created on first use: most handlers never look at it, and an
+ * `AbortController` per delivery is costly. Aborting before the handler asked for the signal aborts it as
+ * soon as it is created, with the same reason, so the handler cannot tell the difference.
  */
-class LazyAbort {
+class HandlerRun {
+  timer: TimerHandle;
+  private done = false;
   private controller: AbortController | undefined;
   private aborted = false;
   private reason: unknown;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly stopSignal: AbortSignal | undefined,
+    private readonly resolve: (result: RunResult) => void,
+  ) {}
 
   get signal(): AbortSignal {
     if (this.controller === undefined) {
@@ -215,6 +228,21 @@ class LazyAbort {
     this.aborted = true;
     this.reason = reason;
     this.controller?.abort(reason);
+  }
+
+  /** Settles the run; false if it was settled already. */
+  finish(result: RunResult): boolean {
+    if (this.done) return false;
+    this.done = true;
+    this.clock.clearTimeout(this.timer);
+    this.stopSignal?.removeEventListener('abort', this);
+    this.resolve(result);
+    return true;
+  }
+
+  /** The stop signal fired (forced stop): the delivery is abandoned. */
+  handleEvent(): void {
+    if (this.finish({ kind: 'abandoned' })) this.abort(new SubscriberStoppedError());
   }
 }
 
@@ -457,44 +485,32 @@ class Processing {
     if (stopSignal?.aborted) return Promise.resolve({ kind: 'abandoned' });
     message.attempt = attempt;
     this.handlerCalled = true;
-    const abort = new LazyAbort();
-    const context: HandlerContext = {
-      get signal() {
-        return abort.signal;
-      },
-      attempt,
-      server: source.server,
-      queue: source.queue,
-      logger: this.logger,
-    };
     const timeoutSeconds = handler.policy.timeout;
     return new Promise<RunResult>((resolve) => {
-      let done = false;
-      const finish = (result: RunResult): boolean => {
-        if (done) return false;
-        done = true;
-        this.clock.clearTimeout(timer);
-        stopSignal?.removeEventListener('abort', onStop);
-        resolve(result);
-        return true;
+      const run = new HandlerRun(this.clock, stopSignal, resolve);
+      const context: HandlerContext = {
+        get signal() {
+          return run.signal;
+        },
+        attempt,
+        server: source.server,
+        queue: source.queue,
+        logger: this.logger,
       };
-      const onStop = (): void => {
-        if (finish({ kind: 'abandoned' })) abort.abort(new SubscriberStoppedError());
-      };
-      const timer = this.clock.setTimeout(
+      run.timer = this.clock.setTimeout(
         () => {
           const error = new HandlerTimeoutError(timeoutSeconds, source.queue, message.uuid);
-          if (finish({ kind: 'error', error })) {
+          if (run.finish({ kind: 'error', error })) {
             this.logger.warn({ ...this.context, attempt }, error.message);
-            abort.abort(error);
+            run.abort(error);
           }
         },
         Math.min(timeoutSeconds * 1000, MAX_TIMER_MS),
       );
-      stopSignal?.addEventListener('abort', onStop, { once: true });
+      stopSignal?.addEventListener('abort', run, ONCE);
       new Promise<unknown>((resolveRun) => resolveRun(handler.process(message, context))).then(
         (value) => {
-          if (finish({ kind: 'ok', value })) this.handlerResult = value;
+          if (run.finish({ kind: 'ok', value })) this.handlerResult = value;
           else
             this.logger.warn(
               { ...this.context, attempt },
@@ -502,7 +518,7 @@ class Processing {
             );
         },
         (error: unknown) => {
-          if (!finish({ kind: 'error', error })) {
+          if (!run.finish({ kind: 'error', error })) {
             this.logger.warn(
               { ...this.context, attempt, err: error },
               'handler failed after its timeout; ignored',
