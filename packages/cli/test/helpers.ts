@@ -6,12 +6,12 @@ import { Readable } from 'node:stream';
 import { main } from '../src/index.js';
 import { RespClient } from '../src/redis.js';
 
-/** The shared brokers and Redis (global setup fails the run when they are missing; nothing is skipped). */
-export const servers = (process.env.BEETLE_TEST_SERVERS ?? '127.0.0.1:5672,127.0.0.1:5673')
-  .split(',')
-  .map((s) => s.trim())
-  .filter((s) => s !== '')
-  .slice(0, 2);
+import { management, servers as allServers } from '../../broker-amqp/test/helpers.js';
+
+export { management };
+
+/** The first two shared brokers (global setup fails the run when they are missing; nothing is skipped). */
+export const servers = allServers.slice(0, 2);
 
 export const redisServer = process.env.BEETLE_TEST_REDIS ?? '127.0.0.1:6379';
 
@@ -109,25 +109,6 @@ export function tempFile(name: string, content: string): string {
 
 /** A raw client on `db` of the test Redis. */
 export const redis = (db: number): Promise<RespClient> => RespClient.connect(redisServer, { db });
-
-/** RabbitMQ management API of a test broker ("1" + AMQP port). */
-export async function management(
-  server: string,
-  method: string,
-  path: string,
-  body?: unknown,
-): Promise<Response> {
-  const [host, port] = server.split(':');
-  return fetch(`http://${host}:1${port}${path}`, {
-    method,
-    headers: {
-      authorization: `Basic ${Buffer.from('guest:guest').toString('base64')}`,
-      'content-type': 'application/json',
-    },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    signal: AbortSignal.timeout(10_000),
-  });
-}
 
 /** Deletes queues, exchanges and policies on every test broker (404s ignored). */
 export async function cleanup(what: {

@@ -4,8 +4,6 @@
  * tests can put fakes behind `SubscriberPool`.
  */
 import {
-  BrokerConnection,
-  brokerOptions,
   setupQueue as brokerSetupQueue,
   type ConsumerChannel,
   type Delivery,
@@ -57,42 +55,6 @@ export function defaultQueueSetup(config: BeetleConfig, topology: Topology, logg
     });
     return result.policy === 'failed' ? { policyError: result.policyError } : {};
   };
-}
-
-/**
- * The subscriber's own connections (used unless a pool is passed in): one `BrokerConnection` per broker with
- * the subscriber's connect timeout and heartbeat instead of the publisher's.
- *
- * Heartbeat 0: Ruby's `subscriber_heartbeat: 0` switches heartbeats off, but amqplib negotiates 0 as "use the
- * server's value", so `subscriberHeartbeat: 0` (the default) means the broker's proposal here (RabbitMQ: 60 s).
- * Heartbeats are only off when the broker proposes 0 too.
- */
-export class SubscriberConnections implements SubscriberPool {
-  private readonly connections = new Map<string, BrokerConnection>();
-
-  constructor(
-    private readonly config: BeetleConfig,
-    private readonly logger: Logger,
-  ) {}
-
-  get(server: string): BrokerConnection {
-    let connection = this.connections.get(server);
-    if (connection === undefined) {
-      connection = new BrokerConnection({
-        ...brokerOptions(this.config, server, this.logger),
-        connectTimeout: this.config.subscriberConnectTimeout,
-        heartbeat: this.config.subscriberHeartbeat,
-      });
-      this.connections.set(server, connection);
-    }
-    return connection;
-  }
-
-  async close(): Promise<void> {
-    const connections = [...this.connections.values()];
-    this.connections.clear();
-    await Promise.all(connections.map((connection) => connection.close()));
-  }
 }
 
 /**

@@ -1,4 +1,5 @@
 import { setMaxListeners } from 'node:events';
+import { BrokerPool } from '@beetle/broker-amqp';
 import {
   TypedEmitter,
   ClosedError,
@@ -16,7 +17,6 @@ import {
   type Topology,
 } from '@beetle/core';
 import {
-  SubscriberConnections,
   defaultQueueSetup,
   memo,
   reconnectDelay,
@@ -37,7 +37,7 @@ export interface SubscriberOptions {
   /**
    * Broker connections (e.g. a shared `BrokerPool`; not closed by `stop()`). Default: the subscriber's own
    * connections with its connect timeout and heartbeat, closed on `stop()`. Note `subscriberHeartbeat: 0` means
-   * the broker's proposed heartbeat with amqplib, not "off" as in Ruby (see `SubscriberConnections`).
+   * the broker's proposed heartbeat with amqplib, not "off" as in Ruby (see `BrokerOptions.consumerHeartbeat`).
    */
   readonly pool?: SubscriberPool;
   /** Queue declaration (queue, dead letter queue, bindings, policies); default: `setupQueue` of the broker layer. */
@@ -221,7 +221,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     });
     this.listened = definitions;
     const layer: BrokerLayer = {
-      pool: this.options.pool ?? new SubscriberConnections(this.config, this.logger),
+      pool: this.options.pool ?? new BrokerPool(this.config, this.logger),
       setupQueue: this.options.setupQueue ?? defaultQueueSetup(this.config, this.topology, this.logger),
       owned: this.options.pool === undefined,
     };

@@ -1,18 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type * as Amqp from 'amqplib';
+import { servers as allServers } from '../../broker-amqp/test/helpers.js';
 import { encodeMessage, type EncodeOptions, type Payload } from '@beetle/core';
 
 // amqplib is a dependency of @beetle/broker-amqp, not of this package: load it from there (tests only).
 const requireFromBroker = createRequire(new URL('../../broker-amqp/package.json', import.meta.url));
 const amqp = requireFromBroker('amqplib') as typeof Amqp;
 
-/** The shared brokers and Redis (global setup fails the run when they are missing). */
-export const servers = (process.env.BEETLE_TEST_SERVERS ?? '127.0.0.1:5672,127.0.0.1:5673')
-  .split(',')
-  .map((s) => s.trim())
-  .filter((s) => s !== '')
-  .slice(0, 2);
+/** The first two shared brokers (global setup fails the run when they are missing). */
+export const servers = allServers.slice(0, 2);
 
 export const redisServer = process.env.BEETLE_TEST_REDIS ?? '127.0.0.1:6379';
 
