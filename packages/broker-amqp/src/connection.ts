@@ -46,6 +46,8 @@ interface Link {
   readonly unblockWaiters: Set<() => void>;
 }
 
+import { coalesceWrites } from './coalesce.js';
+
 const noop = (): void => undefined;
 
 function socketOf(model: ChannelModel): Socket | undefined {
@@ -342,6 +344,8 @@ export class BrokerConnection {
       socketOf(model)?.destroy();
       throw new ClosedError(`broker connection ${this.server} is closed`);
     }
+    const socket = socketOf(model);
+    if (socket !== undefined) coalesceWrites(socket);
     const link: Link = { role, model, blocked: false, dead: false, unblockWaiters: new Set() };
     this.current.set(role, link);
     model.on('error', (error: Error) => {

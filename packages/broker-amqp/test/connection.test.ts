@@ -1,3 +1,4 @@
+import { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BrokerError, silentLogger, Topology } from '@beetle/core';
 import {
@@ -105,6 +106,42 @@ describe('BrokerConnection', () => {
     await channel.publish(name, name, Buffer.from('x'), {});
     expect(await declarer.queueLength(name)).toBe(1);
     await cleanup({ queues: [name], exchanges: [name] });
+  });
+
+  it('sends the frames of one tick in one system call, in order', async () => {
+    const name = `bt-cork-${uid()}`;
+    const topology = new Topology().registerQueue(name);
+    const c = connection();
+    const declarer = await c.declarer();
+    await declarer.declareExchange(topology.exchange(name));
+    await declarer.declareQueue(topology.queue(name));
+    await declarer.bindQueue(name, name, name);
+    const channel = await c.publishChannel();
+    // Count what reaches the sockets' stream implementation: one _write/_writev call is one system call.
+    const proto = Socket.prototype as unknown as Record<'_write' | '_writev', (...args: unknown[]) => void>;
+    const original = { _write: proto._write, _writev: proto._writev };
+    const port = Number(server.split(':')[1]);
+    const calls = { write: 0, writev: 0, chunks: 0 };
+    proto._write = function (this: Socket, ...args: unknown[]) {
+      if (this.remotePort === port) (calls.write++, calls.chunks++);
+      return original._write.apply(this, args);
+    };
+    proto._writev = function (this: Socket, ...args: unknown[]) {
+      if (this.remotePort === port) (calls.writev++, (calls.chunks += (args[0] as unknown[]).length));
+      return original._writev.apply(this, args);
+    };
+    try {
+      await Promise.all(
+        Array.from({ length: 200 }, (_, i) => channel.publish(name, name, Buffer.from(String(i)), {})),
+      );
+    } finally {
+      Object.assign(proto, original);
+    }
+    // 200 publishes (method + header + body frames each) in a handful of writev calls instead of 200+ writes.
+    expect(calls.chunks).toBeGreaterThanOrEqual(200);
+    expect(calls.write + calls.writev).toBeLessThan(10);
+    const bodies = (await drain(server, name)).map((m) => m.content.toString());
+    expect(bodies).toEqual(Array.from({ length: 200 }, (_, i) => String(i)));
   });
 
   it('rejects pending confirms when the connection is killed, fires onLost and reconnects lazily', async () => {

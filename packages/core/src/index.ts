@@ -31,5 +31,6 @@ export {
 } from './config/index.js';
 export * from './dedup/keys.js';
 export type * from './dedup/store.js';
+export { acksOf } from './dedup/store.js';
 export { decideFailure, retryAt } from './dedup/decide.js';
 export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';

@@ -159,10 +159,10 @@ function plainMessageId(): Variant {
       const first = (await client.beetleClaim(id, String(expiresAt), String(timeoutAt))) as unknown[];
       check(first[0] === 1, 'first claim');
       await client.mset(`${id}:status`, 'completed', `${id}:timeout`, '0');
-      await client.beetleAcknowledged(id, '1', '0');
+      await client.beetleAcknowledged(id, '1', '0', '1');
       const second = (await client.beetleClaim(id, String(expiresAt), String(timeoutAt))) as unknown[];
       check(second[1] === 'completed', 'second claim');
-      await client.beetleAcknowledged(id, '1', '0');
+      await client.beetleAcknowledged(id, '1', '0', '1');
     },
     close: async () => {
       await client.quit();

@@ -8,6 +8,8 @@ import {
   msgId,
   parseKey,
   rubyToI,
+  acksOf,
+  type AcknowledgedParams,
   type AcquireParams,
   type AcquireResult,
   type ClaimParams,
@@ -129,8 +131,8 @@ const completeCall = (redis: ScriptedRedis, ref: MessageRef): Promise<'OK'> => {
 const acknowledgedCall = (
   redis: ScriptedRedis,
   ref: MessageRef,
-  args: readonly [string, string],
-): Promise<unknown> => redis.beetleAcknowledged(msgId(ref), args[0], args[1]);
+  args: readonly [string, string, string],
+): Promise<unknown> => redis.beetleAcknowledged(msgId(ref), args[0], args[1], args[2]);
 
 /** A value of Ruby's MGET: a string read with `to_i`, or nil. */
 const optionalInt = (value: unknown): number | undefined => {
@@ -146,15 +148,17 @@ const optionalInt = (value: unknown): number | undefined => {
  * the message id and build the keys themselves; no call has a timer of its own (see `RedisConnection`).
  *
  * A redundant message handled on the happy path costs 5 round trips (claim, complete, acknowledged for the
- * first copy; claim, acknowledged for the second) where Ruby needs 8.
+ * first copy; claim, acknowledged for the second) where Ruby needs 8; 3 when both copies reach one
+ * subscriber (claim, complete, one acknowledged for both acks: see `acks`).
  */
 export class RedisDedupStore implements DedupStore {
   readonly statusKeyExpiryInterval: number;
   private readonly connection: RedisConnection;
-  /** The arguments of the acknowledged script, redundant or not. */
+  /** The arguments of the acknowledged script: one ack of a redundant message, both, or non-redundant. */
   private readonly acknowledgedArgs: {
-    readonly redundant: readonly [string, string];
-    readonly single: readonly [string, string];
+    readonly redundant: readonly [string, string, string];
+    readonly bothCopies: readonly [string, string, string];
+    readonly single: readonly [string, string, string];
   };
 
   constructor(options: RedisDedupStoreOptions = {}) {
@@ -165,7 +169,11 @@ export class RedisDedupStore implements DedupStore {
       });
     }
     this.statusKeyExpiryInterval = interval;
-    this.acknowledgedArgs = { redundant: ['1', String(interval)], single: ['0', String(interval)] };
+    this.acknowledgedArgs = {
+      redundant: ['1', String(interval), '1'],
+      bothCopies: ['1', String(interval), '2'],
+      single: ['0', String(interval), '1'],
+    };
     const db = options.db ?? 4;
     if (!Number.isInteger(db) || db < 0) {
       throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
@@ -289,8 +297,16 @@ export class RedisDedupStore implements DedupStore {
     };
   }
 
-  async acknowledged(ref: MessageRef, params: { readonly redundant: boolean }): Promise<void> {
-    const args = params.redundant ? this.acknowledgedArgs.redundant : this.acknowledgedArgs.single;
+  async acknowledged(ref: MessageRef, params: AcknowledgedParams): Promise<void> {
+    const acks = acksOf(params);
+    const { redundant, bothCopies, single } = this.acknowledgedArgs;
+    const args = !params.redundant
+      ? single
+      : acks === 1
+        ? redundant
+        : acks === 2
+          ? bothCopies
+          : (['1', redundant[1], String(acks)] as const);
     await this.connection.run('acknowledged', acknowledgedCall, ref, args);
   }
 

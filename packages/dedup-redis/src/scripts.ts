@@ -113,17 +113,21 @@ return {outcome, attempts_count, exceptions_count, delay_until}
 };
 
 /**
- * Ruby's store part of `ack!`. KEYS: the message id. ARGV: redundant (1/0), status_key_expiry_interval.
- * Redundant messages count the ack and stop below 2 (">= 2 because increments are retried and the counter
- * could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or with an interval all but
+ * Ruby's store part of `ack!`. KEYS: the message id. ARGV: redundant (1/0), status_key_expiry_interval, acks
+ * (how many acks to count: 1, Ruby's `INCR`, or 2 with `INCRBY` when one subscriber acked both copies). Redundant messages count the
+ * acks and stop below 2 (">= 2 because increments are retried and the counter could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or with an interval all but
  * status, which gets that TTL. Returns 1 when the keys were deleted, else 0.
  */
 export const ACKNOWLEDGED: ScriptDefinition = {
   numberOfKeys: 1,
   lua: `${LUA_KEYS}
 local status, ack_count = p .. ':status', p .. ':ack_count'
-if ARGV[1] == '1' and redis.call('incr', ack_count) < 2 then
-  return 0
+if ARGV[1] == '1' then
+  local acks = tonumber(ARGV[3])
+  local count = acks == 1 and redis.call('incr', ack_count) or redis.call('incrby', ack_count, acks)
+  if count < 2 then
+    return 0
+  end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('del', ack_count, p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',

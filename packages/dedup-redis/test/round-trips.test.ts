@@ -135,6 +135,38 @@ describe('round trips on a Redis of our own', () => {
     }
   });
 
+  it('both copies acked by one subscriber: 3 round trips, one INCRBY 2 for both acks', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      const now = nowSeconds();
+      const expiresAt = now + 86_400;
+      await happyPath(store, { queue: 'test', uuid: randomUUID() }, expiresAt, now);
+      const ref = { queue: 'test', uuid: randomUUID() };
+      const observed = await observe(async () => {
+        expect(await store.claim(ref, { expiresAt, timeoutAt: now + 600 })).toEqual({
+          first: true,
+          attempts: 1,
+        });
+        await store.complete(ref);
+        await store.acknowledged(ref, { redundant: true, acks: 2 });
+      });
+      expect(observed.topLevel.map((args) => args[0]!.toLowerCase())).toEqual(['evalsha', 'mset', 'evalsha']);
+      const p = `msgid:test:${ref.uuid}`;
+      expect(observed.inScripts.slice(-2)).toEqual([
+        ['incrby', `${p}:ack_count`, '2'],
+        [
+          'del',
+          ...['status', 'ack_count', 'timeout', 'delay', 'attempts', 'exceptions', 'mutex', 'expires'].map(
+            (s) => `${p}:${s}`,
+          ),
+        ],
+      ]);
+      expect(await store.inspect(ref)).toEqual({});
+    } finally {
+      await store.close();
+    }
+  });
+
   it('with status-key expiry the cleanup is DEL of 7 keys + EXPIRE status, still 5 round trips', async () => {
     const store = new RedisDedupStore({ redisServer: server.address, statusKeyExpiryInterval: 300 });
     try {

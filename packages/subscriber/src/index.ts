@@ -15,7 +15,13 @@ export type {
 } from './handler.js';
 export { isRetriable, resolveHandler } from './handler.js';
 export { OnceSettler, processDelivery, replyBody } from './processing.js';
-export type { DeliverySettler, ProcessParams, ProcessResult, SettleState } from './processing.js';
+export type {
+  CopyKnowledge,
+  DeliverySettler,
+  ProcessParams,
+  ProcessResult,
+  SettleState,
+} from './processing.js';
 export { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
 export { systemClock } from './clock.js';
 export type { Clock, TimerHandle } from './clock.js';

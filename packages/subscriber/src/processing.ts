@@ -106,6 +106,28 @@ export interface ProcessParams {
    * twice); must be the result for this `delivery` and `source`.
    */
   readonly decoded?: DecodeResult;
+  /**
+   * What the caller knows about other copies of this message in this process (the subscriber's line of
+   * copies): lets a copy skip the claim when an earlier copy here completed the message, and record the acks
+   * of both copies in one store call.
+   */
+  readonly copy?: CopyKnowledge;
+}
+
+/**
+ * Knowledge about the other copies of a message in this process (implemented by the subscriber's line of
+ * copies; absent, every copy goes through the store).
+ */
+export interface CopyKnowledge {
+  /** The store has this message completed (an earlier copy here saw or made it so): skip the claim, ack. */
+  readonly knownCompleted: boolean;
+  /** Acks of earlier copies not recorded in the store yet, to record with this copy's (resets the count). */
+  takeInheritedAcks(): number;
+  /**
+   * This copy was acked and the message is completed: returns true when a later copy waiting here takes
+   * over recording these `acks` acks (with its own), false when the caller must record them now.
+   */
+  completed(acks: number): boolean;
 }
 
 export interface ProcessResult {
@@ -394,6 +416,12 @@ class Processing {
       this.exception = { error: run.error };
       return Outcome.AttemptsLimitReached;
     }
+    // 5a. An earlier copy in this process completed the message (or saw it completed): the claim would report
+    //     `completed`, so go straight to step 6's first case.
+    if (this.params.copy?.knownCompleted === true) {
+      await this.ackAndForget(ref);
+      return Outcome.OK;
+    }
     // 5. First sighting: the message is ours.
     const claim = await store.claim(ref, { expiresAt: message.expiresAt, timeoutAt: timeoutAt(now, policy) });
     if (claim.first) return this.runAndRecord(ref, claim.attempts);
@@ -459,13 +487,22 @@ class Processing {
     return failed.outcome;
   }
 
-  /** Broker ack, then let the store forget the message; keys stay if the ack did not reach the broker. */
+  /**
+   * Broker ack, then let the store count the ack and forget the message; keys stay if the ack did not reach
+   * the broker. A copy of a redundant message waiting in this process may take the count over, so that both
+   * acks are recorded in one call once both deliveries are acked.
+   */
   private async ackAndForget(ref: MessageRef): Promise<void> {
-    if (this.settle.ack()) {
-      await this.params.store.acknowledged(ref, { redundant: this.message?.redundant ?? false });
-    } else {
+    const redundant = this.message?.redundant ?? false;
+    const copy = this.params.copy;
+    const acked = this.settle.ack();
+    if (!acked) {
       this.logger.warn(this.context, 'ack did not reach the broker; dedup keys kept for the redelivery');
     }
+    const acks = (acked ? 1 : 0) + (copy?.takeInheritedAcks() ?? 0);
+    if (acks === 0) return;
+    if (redundant && acked && copy?.completed(acks) === true) return;
+    await this.params.store.acknowledged(ref, acks === 1 ? { redundant } : { redundant, acks });
   }
 
   private accepts(error: unknown): boolean {

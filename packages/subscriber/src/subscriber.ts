@@ -26,6 +26,7 @@ import {
   type SubscriberPool,
 } from './broker.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
+import { LocalCopies, type CopyLine } from './copies.js';
 import type { SubscriberErrorEvent, SubscriberEvents } from './events.js';
 import { resolveHandler, type Handler, type HandlerOptions, type ResolvedHandler } from './handler.js';
 import { processDelivery, type DeliverySettler } from './processing.js';
@@ -88,63 +89,6 @@ const ABANDON_GRACE_MS = 1000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
- * The message refs (AMQP queue + uuid) being processed in this process, so that a second copy of a redundant
- * message (from the other broker, or a redelivery after a channel loss) waits for the local processing of the
- * first instead of being rejected with `HandlerNotYetTimedOut` and requeued after `rejectRequeueDelay`. Copies
- * of one ref line up behind each other; an entry exists only while a delivery of that ref is in flight, so the
- * map is bounded by the deliveries in flight (prefetch × brokers). Only a local shortcut: the waiting copy
- * still goes through the state machine and the store decides.
- */
-class InFlightRefs {
-  private readonly tails = new Map<string, InFlightLine>();
-
-  get size(): number {
-    return this.tails.size;
-  }
-
-  /**
-   * Joins the line of `key`: `previous` settles once the delivery before this one is done (undefined when
-   * there is none); `leave()` must be called when this delivery is done (idempotent).
-   */
-  enter(key: string): InFlightLine {
-    const before = this.tails.get(key);
-    const line = new InFlightLine(this.tails, key, before?.done());
-    this.tails.set(key, line);
-    return line;
-  }
-}
-
-/** A delivery's place in the line of its ref; the promise the next copy waits on is only made when needed. */
-class InFlightLine {
-  private left = false;
-  private donePromise: Promise<void> | undefined;
-  private resolveDone: (() => void) | undefined;
-
-  constructor(
-    private readonly tails: Map<string, InFlightLine>,
-    private readonly key: string,
-    readonly previous: Promise<void> | undefined,
-  ) {}
-
-  /** Settles once this delivery has left the line. */
-  done(): Promise<void> {
-    if (this.donePromise === undefined) {
-      this.donePromise = this.left
-        ? Promise.resolve()
-        : new Promise<void>((resolve) => (this.resolveDone = resolve));
-    }
-    return this.donePromise;
-  }
-
-  leave(): void {
-    if (this.left) return;
-    this.left = true;
-    this.resolveDone?.();
-    if (this.tails.get(this.key) === this) this.tails.delete(this.key);
-  }
-}
-
-/**
  * Consumes the registered queues from every broker (`servers` + `additionalSubscriptionServers`) and runs
  * each delivery through Beetle's processing state machine with deduplication in the `DedupStore`.
  */
@@ -168,7 +112,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private readonly waiting: ((go: boolean) => void)[] = [];
   private readonly inFlight = new Set<Promise<void>>();
   private readonly requeues = new Map<TimerHandle, () => void>();
-  private readonly refs = new InFlightRefs();
+  /** The copies of each message in flight here, and recently completed ones (see `LocalCopies`). */
+  private readonly copies: LocalCopies;
   /** Wake-ups of deliveries waiting for a copy in flight (`false`: stop). */
   private readonly copyWaiters = new Set<(go: boolean) => void>();
   /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
@@ -185,6 +130,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     this.logger = logger;
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
+    this.copies = new LocalCopies(() => this.clock.nowMs());
     // Every running handler listens on the stop signal (removed when it finishes): more than 10 at once with
     // `subscriberConcurrency` > 10 is expected, not a leak.
     setMaxListeners(0, this.stopController.signal);
@@ -309,7 +255,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     // Decoded once here (for the in-flight key) and handed on to the state machine.
     const decoded = decodeMessage(delivery, { queue: queue.amqpName, server });
     const key = inFlightKey(queue, decoded);
-    const line = key === undefined ? undefined : this.refs.enter(key);
+    const line = key === undefined ? undefined : this.copies.enter(key);
     const tracked = this.runDelivery(server, channel, queue, delivery, decoded, line);
     this.inFlight.add(tracked);
     void tracked.finally(() => this.inFlight.delete(tracked));
@@ -322,12 +268,12 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     queue: QueueDefinition,
     delivery: Delivery,
     decoded: DecodeResult,
-    line: InFlightLine | undefined,
+    line: CopyLine | undefined,
   ): Promise<void> {
     try {
       try {
         // A copy of the same message is being processed here: wait for it (without holding a slot).
-        if (line?.previous !== undefined && !(await this.awaitCopy(line.previous, queue))) {
+        if (line?.previous !== undefined && !(await this.awaitCopy(line, line.previous, queue))) {
           this.logger.debug(
             { server, queue: queue.name, uuid: delivery.properties.messageId },
             'stopped while waiting for a copy in flight; left for redelivery',
@@ -337,11 +283,13 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
         // A free slot is taken synchronously (no await); otherwise wait in line for one.
         if (!this.tryAcquireSlot() && !(await this.acquireSlot())) return;
         try {
-          await this.handle(server, channel, queue, delivery, decoded);
+          await this.handle(server, channel, queue, delivery, decoded, line);
         } finally {
           this.releaseSlot();
         }
       } finally {
+        if (line !== undefined && decoded.ok)
+          await this.recordInheritedAcks(line, queue, decoded.message.uuid);
         line?.leave();
       }
     } catch (error) {
@@ -355,6 +303,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     queue: QueueDefinition,
     delivery: Delivery,
     decoded: DecodeResult,
+    copy: CopyLine | undefined,
   ): Promise<void> {
     const handler = this.handlers.get(queue.name);
     if (handler === undefined) throw new Error(`no handler for queue ${queue.name}`);
@@ -369,6 +318,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       logger: this.logger,
       stopSignal: this.stopController.signal,
       decoded,
+      copy,
     });
     if (result.outcome === undefined) {
       this.emit('abandoned', { message: result.message, queue: queue.name, server });
@@ -393,8 +343,11 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
    * plus the grace period (after which the store would consider that copy's consumer dead anyway) and by stop.
    * Resolves true to go on with the state machine, false when stopping (the delivery stays unsettled).
    */
-  private awaitCopy(previous: Promise<void>, queue: QueueDefinition): Promise<boolean> {
-    if (this.stopping) return Promise.resolve(false);
+  private awaitCopy(line: CopyLine, previous: Promise<void>, queue: QueueDefinition): Promise<boolean> {
+    if (this.stopping) {
+      line.waiting = false;
+      return Promise.resolve(false);
+    }
     const timeout = this.handlers.get(queue.name)?.policy.timeout ?? 0;
     const boundMs = Math.min((timeout + TIMEOUT_GRACE_PERIOD) * 1000, MAX_TIMER_MS);
     return new Promise<boolean>((resolve) => {
@@ -402,6 +355,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       const finish = (go: boolean): void => {
         if (done) return;
         done = true;
+        line.waiting = false; // from now on the copy before cannot hand its acks over
         this.clock.clearTimeout(timer);
         this.copyWaiters.delete(finish);
         resolve(go && !this.stopping);
@@ -416,6 +370,24 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       this.copyWaiters.add(finish);
       void previous.then(() => finish(true));
     });
+  }
+
+  /**
+   * Records acks an earlier copy handed over that this delivery did not record with its own (it was not
+   * acked as completed: stopped while waiting, expired, ...). Errors are logged: the keys then stay until the
+   * garbage collector removes them.
+   */
+  private async recordInheritedAcks(line: CopyLine, queue: QueueDefinition, uuid: string): Promise<void> {
+    const acks = line.takeInheritedAcks();
+    if (acks === 0) return;
+    try {
+      await this.store.acknowledged({ queue: queue.amqpName, uuid }, { redundant: true, acks });
+    } catch (error) {
+      this.logger.error(
+        { err: error, queue: queue.name, uuid, acks },
+        'could not record the acks of earlier copies; the dedup keys stay until garbage collected',
+      );
+    }
   }
 
   /** Dead lettering: reject to the DLQ now. Otherwise requeue after `rejectRequeueDelay`, for this message only. */

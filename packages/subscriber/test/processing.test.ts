@@ -17,6 +17,7 @@ import {
   replyBody,
   resolveHandler,
   type AnyMessage,
+  type CopyKnowledge,
   type Handler,
   type HandlerContext,
   type HandlerMessage,
@@ -68,7 +69,12 @@ async function run(
   delivery: RawDelivery,
   handler: Handler,
   options: HandlerOptions = {},
-  extra: { stopSignal?: AbortSignal; settler?: SettleRecorder; store?: DedupStore } = {},
+  extra: {
+    stopSignal?: AbortSignal;
+    settler?: SettleRecorder;
+    store?: DedupStore;
+    copy?: CopyKnowledge;
+  } = {},
 ): Promise<Run> {
   const settler = extra.settler ?? new SettleRecorder(log);
   const result = await processDelivery({
@@ -80,6 +86,7 @@ async function run(
     clock,
     logger,
     ...(extra.stopSignal ? { stopSignal: extra.stopSignal } : {}),
+    ...(extra.copy ? { copy: extra.copy } : {}),
   });
   return { result, settler };
 }
@@ -286,6 +293,73 @@ describe('processing: full path', () => {
     expect(log).toEqual(['store.claim', 'ack', 'store.acknowledged']);
     expect(runs).toBe(1);
     expect(memory.size).toBe(0);
+  });
+
+  /** Copy knowledge as the subscriber's line of copies gives it; records what processing does with it. */
+  function copyKnowledge(knownCompleted: boolean, inherited: number, takesOver: boolean) {
+    const calls: string[] = [];
+    let left = inherited;
+    const copy: CopyKnowledge = {
+      knownCompleted,
+      takeInheritedAcks: () => {
+        const acks = left;
+        left = 0;
+        return acks;
+      },
+      completed: (acks) => {
+        calls.push(`completed(${acks})`);
+        return takesOver;
+      },
+    };
+    return { copy, calls };
+  }
+
+  it('redundant, a copy waiting here takes the ack count over: no acknowledged call for the first copy', async () => {
+    let runs = 0;
+    const waiting = copyKnowledge(false, 0, true);
+    const first = await run(msg('x', { redundant: true }), () => runs++, {}, { copy: waiting.copy });
+    expect(first.result.outcome).toBe(Outcome.OK);
+    expect(log).toEqual(['store.claim', 'store.complete', 'ack']);
+    expect(waiting.calls).toEqual(['completed(1)']);
+    expect(await keys()).toMatchObject({ status: 'completed' });
+    expect((await keys()).ack_count).toBeUndefined();
+    // The waiting copy knows the message is completed and carries the first ack: no claim, one call for both.
+    log.length = 0;
+    const second = copyKnowledge(true, 1, false);
+    const result = await run(msg('x', { redundant: true }), () => runs++, {}, { copy: second.copy });
+    expect(result.result.outcome).toBe(Outcome.OK);
+    expect(log).toEqual(['ack', 'store.acknowledged']);
+    expect(second.calls).toEqual(['completed(2)']);
+    expect(runs).toBe(1);
+    expect(memory.size).toBe(0);
+  });
+
+  it('a copy known completed but with nothing inherited counts its own ack only', async () => {
+    await run(msg('x', { redundant: true }), () => undefined);
+    log.length = 0;
+    const late = copyKnowledge(true, 0, false);
+    const result = await run(msg('x', { redundant: true }), () => undefined, {}, { copy: late.copy });
+    expect(result.result.outcome).toBe(Outcome.OK);
+    expect(log).toEqual(['ack', 'store.acknowledged']);
+    expect(memory.size).toBe(0);
+  });
+
+  it('inherited acks are recorded even when this copy cannot be acked (channel gone)', async () => {
+    await run(
+      msg('x', { redundant: true }),
+      () => undefined,
+      {},
+      { copy: copyKnowledge(false, 0, true).copy },
+    );
+    log.length = 0;
+    const settler = new SettleRecorder(log);
+    settler.ackResult = false;
+    const second = copyKnowledge(true, 1, true);
+    await run(msg('x', { redundant: true }), () => undefined, {}, { copy: second.copy, settler });
+    // Only the inherited ack is recorded, and not handed on: this copy was not acked.
+    expect(second.calls).toEqual([]);
+    expect(log).toEqual(['ack', 'store.acknowledged']);
+    expect(await keys()).toMatchObject({ ack_count: '1' });
   });
 
   it('HandlerCrash: rejected (not acked), retry delay stored, error hook but no failure hook', async () => {

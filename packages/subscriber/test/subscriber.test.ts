@@ -492,7 +492,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       await flush();
       // With one slot `other` waits for it; otherwise it runs alongside.
       expect(runs).toEqual(concurrency === 1 ? ['twice'] : ['twice', 'other']);
-      expect((sub as unknown as { refs: { size: number } }).refs.size).toBe(2); // 'twice' and 'other'
+      expect((sub as unknown as { copies: { size: number } }).copies.size).toBe(2); // 'twice' and 'other'
       expect(channelB.acked).toEqual(concurrency === 1 ? [] : [other]);
       expect(channelB.rejected).toEqual([]);
       while (gates.length > 0) {
@@ -510,7 +510,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       expect(store.size).toBe(0);
       expect(clock.pendingTimers).toBe(0);
       // The in-flight map only holds refs in flight: empty again.
-      expect((sub as unknown as { refs: { size: number } }).refs.size).toBe(0);
+      expect((sub as unknown as { copies: { size: number } }).copies.size).toBe(0);
       await sub.stop();
     },
   );

@@ -1,13 +1,15 @@
 import { decideFailure, retryAt } from './decide.js';
 import { KEY_SUFFIXES, allKeysOf, keyOf, rubyToI, type KeySuffix, type MessageRef } from './keys.js';
-import type {
-  AcquireParams,
-  AcquireResult,
-  ClaimParams,
-  ClaimResult,
-  DedupStore,
-  FailParams,
-  FailResult,
+import {
+  acksOf,
+  type AcknowledgedParams,
+  type AcquireParams,
+  type AcquireResult,
+  type ClaimParams,
+  type ClaimResult,
+  type DedupStore,
+  type FailParams,
+  type FailResult,
 } from './store.js';
 
 export interface MemoryDedupStoreOptions {
@@ -109,9 +111,15 @@ export class MemoryDedupStore implements DedupStore {
     return Promise.resolve({ outcome, attempts, exceptions, delayUntil });
   }
 
-  acknowledged(ref: MessageRef, params: { readonly redundant: boolean }): Promise<void> {
+  acknowledged(ref: MessageRef, params: AcknowledgedParams): Promise<void> {
+    let acks: number;
+    try {
+      acks = acksOf(params);
+    } catch (error) {
+      return Promise.reject(error instanceof Error ? error : new TypeError(String(error)));
+    }
     // ">= 2 because increments are retried and the counter could exceed two" (Ruby).
-    if (params.redundant && this.incr(keyOf(ref, 'ack_count')) < 2) return Promise.resolve();
+    if (params.redundant && this.incr(keyOf(ref, 'ack_count'), acks) < 2) return Promise.resolve();
     const keep = this.statusKeyExpiryInterval > 0 ? keyOf(ref, 'status') : undefined;
     for (const key of allKeysOf(ref)) if (key !== keep) this.entries.delete(key);
     // Ruby: DEL the other keys, then EXPIRE status (a no-op when status is already gone).
@@ -160,9 +168,9 @@ export class MemoryDedupStore implements DedupStore {
     this.entries.set(key, { value, expiresAtMs });
   }
 
-  private incr(key: string): number {
+  private incr(key: string, by = 1): number {
     const entry = this.entries.get(key);
-    const next = rubyToI(this.read(key)) + 1;
+    const next = rubyToI(this.read(key)) + by;
     this.entries.set(key, { value: String(next), expiresAtMs: entry?.expiresAtMs });
     return next;
   }

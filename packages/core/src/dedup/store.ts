@@ -73,6 +73,26 @@ export interface FailResult {
  * → handler → `complete` or `fail` → broker ack → `acknowledged`. Completion is recorded before the ack and
  * the keys are deleted only after it, so a process dying in between never loses or repeats a completion.
  */
+/** Parameters of {@link DedupStore.acknowledged}. */
+export interface AcknowledgedParams {
+  readonly redundant: boolean;
+  /**
+   * How many broker acks of this message the call records (default 1). A subscriber that acked both copies
+   * of a redundant message records them in one call (Ruby counts each with its own `INCR`; the stored count
+   * ends the same). A store must add all of them: counting one would keep the keys until garbage collection.
+   */
+  readonly acks?: number;
+}
+
+/** The number of acks an `acknowledged` call records; throws `TypeError` unless a positive integer. */
+export function acksOf(params: AcknowledgedParams): number {
+  const acks = params.acks ?? 1;
+  if (!Number.isSafeInteger(acks) || acks < 1) {
+    throw new TypeError(`acknowledged: acks must be a positive integer, got ${String(acks)}`);
+  }
+  return acks;
+}
+
 export interface DedupStore {
   /**
    * Simple fast path (non-redundant, one attempt): returns whether the handler may run. With a status-key
@@ -101,10 +121,10 @@ export interface DedupStore {
   fail(ref: MessageRef, params: FailParams): Promise<FailResult>;
 
   /**
-   * Called after the broker ack. Non-redundant: delete the keys. Redundant: count the ack and delete the keys
-   * at the second one. With a status-key expiry interval the `status` key stays with that TTL.
+   * Called after the broker ack. Non-redundant: delete the keys. Redundant: count the ack(s) and delete the
+   * keys once two are counted. With a status-key expiry interval the `status` key stays with that TTL.
    */
-  acknowledged(ref: MessageRef, params: { readonly redundant: boolean }): Promise<void>;
+  acknowledged(ref: MessageRef, params: AcknowledgedParams): Promise<void>;
 
   /** The raw stored values as a Ruby consumer would read them (for tools, tests and debugging). */
   inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>>;

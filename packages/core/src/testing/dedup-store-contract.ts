@@ -248,6 +248,25 @@ export function describeDedupStoreContract(name: string, factory: DedupStoreFact
         await expectKeys(subject, ref, {});
       });
 
+      it('redundant: both copies acked by one subscriber are counted in one call (acks: 2)', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.complete(ref);
+        await subject.store.acknowledged(ref, { redundant: true, acks: 2 });
+        await expectKeys(subject, ref, {});
+      });
+
+      it('acks must be a positive integer', async () => {
+        const { store } = fixture.current();
+        const ref = freshRef();
+        for (const acks of [0, -1, 1.5, Number.NaN]) {
+          await expect(store.acknowledged(ref, { redundant: true, acks })).rejects.toThrow(TypeError);
+        }
+        expect(await store.inspect(ref)).toEqual({});
+      });
+
       it('redundant: a count already at 2 or more (retried increments) deletes at the next ack', async () => {
         const subject = fixture.current();
         if (!subject.seed) return; // needs raw writes: the interface cannot push ack_count past 2
