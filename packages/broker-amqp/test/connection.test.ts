@@ -123,11 +123,17 @@ describe('BrokerConnection', () => {
     const port = Number(server.split(':')[1]);
     const calls = { write: 0, writev: 0, chunks: 0 };
     proto._write = function (this: Socket, ...args: unknown[]) {
-      if (this.remotePort === port) (calls.write++, calls.chunks++);
+      if (this.remotePort === port) {
+        calls.write++;
+        calls.chunks++;
+      }
       return original._write.apply(this, args);
     };
     proto._writev = function (this: Socket, ...args: unknown[]) {
-      if (this.remotePort === port) (calls.writev++, (calls.chunks += (args[0] as unknown[]).length));
+      if (this.remotePort === port) {
+        calls.writev++;
+        calls.chunks += (args[0] as unknown[]).length;
+      }
       return original._writev.apply(this, args);
     };
     try {
