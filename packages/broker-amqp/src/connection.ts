@@ -4,6 +4,7 @@ import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Op
 import {
   BrokerError,
   ClosedError,
+  coalesceWrites,
   Topology,
   type ExchangeDefinition,
   type Logger,
@@ -45,8 +46,6 @@ interface Link {
   dead: boolean;
   readonly unblockWaiters: Set<() => void>;
 }
-
-import { coalesceWrites } from './coalesce.js';
 
 const noop = (): void => undefined;
 

@@ -34,3 +34,4 @@ export type * from './dedup/store.js';
 export { acksOf } from './dedup/store.js';
 export { decideFailure, retryAt } from './dedup/decide.js';
 export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';
+export { coalesceWrites } from './coalesce-writes.js';

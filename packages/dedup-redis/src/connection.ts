@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis } from 'ioredis';
-import { ClosedError, NoRedisMasterError, type Logger } from '@beetle/core';
+import { ClosedError, NoRedisMasterError, coalesceWrites, type Logger } from '@beetle/core';
 import { isRedisAddress, parseRedisAddress, parseRedisMasterFile } from './master-file.js';
 import { SCRIPTS, type ScriptCommands } from './scripts.js';
 
@@ -511,8 +511,10 @@ export class RedisConnection {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
-      // Independent messages' calls share this one connection and are written together.
-      enableAutoPipelining: true,
+      // Independent messages' calls share this one connection; the commands of one tick leave in one writev
+      // (coalesceWrites below). ioredis' auto-pipelining batches too, but costs ~6 us more per call
+      // (a pipeline, and two more promises per command).
+      enableAutoPipelining: false,
       retryStrategy: (times: number) => Math.min(times * 100, settings.retryIntervalMs),
       disableClientInfo: true,
     }) as ScriptedRedis;
@@ -527,6 +529,7 @@ export class RedisConnection {
     client.on('connect', () => {
       lastData.at = Date.now();
       client.stream.on('data', received);
+      coalesceWrites(client.stream);
     });
     client.on('error', (error: Error) => {
       this.lastClientError = error;

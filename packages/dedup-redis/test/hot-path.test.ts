@@ -7,7 +7,7 @@ import { nowSeconds, requireSharedRedis, sleep, TEST_REDIS } from './helpers.js'
 /** The store's private parts these tests look at. */
 interface Internals {
   connection: {
-    client?: { options: { enableAutoPipelining?: boolean } };
+    client?: { stream: Record<'_write' | '_writev', (...args: unknown[]) => void> };
     sweeper?: NodeJS.Timeout;
     waiting: Set<unknown>;
   };
@@ -36,11 +36,20 @@ describe('the hot path of RedisDedupStore', () => {
     store = undefined;
   });
 
-  it('creates no timer per call: one sweeper per connection, stopped when idle', async () => {
+  it('creates no timer per call (one sweeper per connection, stopped when idle) and writes each tick at once', async () => {
     store = new RedisDedupStore({ redisServer: TEST_REDIS, readTimeout: 0.2 });
     await store.ping();
-    expect(internals(store).client?.options.enableAutoPipelining).toBe(true);
     await sleep(200); // the sweeper of the ping stops
+    // Count the system calls writing commands: one _write/_writev call each.
+    const stream = internals(store).client!.stream;
+    let writes = 0;
+    for (const method of ['_write', '_writev'] as const) {
+      const original = stream[method];
+      stream[method] = function (this: unknown, ...args: unknown[]) {
+        writes++;
+        return original.apply(this, args);
+      };
+    }
     const timeouts = vi.spyOn(globalThis, 'setTimeout');
     const intervals = vi.spyOn(globalThis, 'setInterval');
     const refs = Array.from({ length: 200 }, () => ({ queue: 'hot-path-test', uuid: randomUUID() }));
@@ -48,6 +57,9 @@ describe('the hot path of RedisDedupStore', () => {
     expect(timeouts).not.toHaveBeenCalled();
     expect(intervals).toHaveBeenCalledTimes(1);
     expect(internals(store).waiting.size).toBe(0);
+    // 1000 commands; those of one tick are written together (about one write per step of the 200 messages).
+    expect(writes).toBeGreaterThan(0);
+    expect(writes).toBeLessThan(100);
     await sleep(200);
     expect(internals(store).sweeper).toBeUndefined();
     for (const ref of refs) expect(await store.inspect(ref)).toEqual({});
