@@ -17,7 +17,16 @@ import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { beetleE2e } from './beetle-e2e.js';
-import { BENCH_REDIS_DB, bounded, median, redisServer, round, servers, type BenchOptions } from './common.js';
+import {
+  BENCH_REDIS_DB,
+  bounded,
+  median,
+  redisServer,
+  round,
+  servers,
+  sleep,
+  type BenchOptions,
+} from './common.js';
 import type { E2eHarness, E2eRun } from './e2e-harness.js';
 import { outage, type OutageMode, type OutageResult } from './outage.js';
 import { rawE2e } from './raw-e2e.js';
@@ -114,6 +123,9 @@ const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
       }),
 });
 
+/** Pause between two measured e2e runs (ms). */
+const SETTLE_MS = 2000;
+
 async function e2e(): Promise<E2eResult> {
   const raw: E2eHarness = await rawE2e(servers);
   const requeueDelay = values['requeue-delay'];
@@ -133,8 +145,19 @@ async function e2e(): Promise<E2eResult> {
     const beetleRuns: E2eRun[] = [];
     const outcomes = new Map<string, number>();
     for (let r = 0; r < options.rounds; r++) {
-      rawRuns.push(await raw.run(options.messages));
-      beetleRuns.push(await beetle.run(options.messages));
+      // The order alternates (raw first in even rounds, Beetle first in odd ones): a run leaves work behind on
+      // the brokers (persisted messages to clean up, queue processes to hibernate) that slows the next one,
+      // and with a fixed order one side would always pay for the other. A pause lets that work finish.
+      if (r % 2 === 0) {
+        rawRuns.push(await raw.run(options.messages));
+        await sleep(SETTLE_MS);
+        beetleRuns.push(await beetle.run(options.messages));
+      } else {
+        beetleRuns.push(await beetle.run(options.messages));
+        await sleep(SETTLE_MS);
+        rawRuns.push(await raw.run(options.messages));
+      }
+      await sleep(SETTLE_MS);
       for (const [outcome, n] of beetle.outcomes) outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + n);
       const b = beetleRuns.at(-1)!;
       const a = rawRuns.at(-1)!;
