@@ -48,8 +48,13 @@ export class LocalCopies {
   enter(key: string): CopyLine {
     const before = this.tails.get(key);
     const line = new CopyLine(this, key, before?.done());
-    if (before !== undefined) before.next = line;
-    else if (this.takeRecent(key)) line.knownCompleted = true;
+    if (before !== undefined) {
+      before.next = line;
+      // The copy before has completed the message already and is recording its own ack.
+      if (before.completedHere) line.knownCompleted = true;
+    } else if (this.takeRecent(key)) {
+      line.knownCompleted = true;
+    }
     this.tails.set(key, line);
     return line;
   }

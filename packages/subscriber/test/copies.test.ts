@@ -35,6 +35,15 @@ describe('LocalCopies', () => {
     expect(second.takeInheritedAcks()).toBe(0);
   });
 
+  it('a copy arriving after the one before completed (while it records its ack) knows, without acks', () => {
+    const { copies: local } = copies();
+    const first = local.enter('m1:q');
+    expect(first.completed(1)).toBe(false); // nobody waits yet: the first copy records its own ack
+    const second = local.enter('m1:q');
+    expect(second.knownCompleted).toBe(true);
+    expect(second.inheritedAcks).toBe(0);
+  });
+
   it('no hand-over to a copy that stopped waiting (it may already have asked the store)', () => {
     const { copies: local } = copies();
     const first = local.enter('m1:q');
