@@ -62,7 +62,15 @@ export class LocalCopies {
   /** @internal */
   left(line: CopyLine): void {
     if (this.tails.get(line.key) === line) this.tails.delete(line.key);
-    if (line.completedHere && line.next === undefined) this.remember(line.key);
+    // Remembered only for the first copy seen here: after a second one, both copies are accounted for.
+    if (
+      line.completedHere &&
+      line.next === undefined &&
+      line.previous === undefined &&
+      !line.knownCompleted
+    ) {
+      this.remember(line.key);
+    }
   }
 
   private remember(key: string): void {

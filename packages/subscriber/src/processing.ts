@@ -216,11 +216,33 @@ function undecodedMessage(
   };
 }
 
-const ONCE = { once: true } as const;
+/**
+ * The handler runs listening on each stop signal. One 'abort' listener per signal serves all its runs:
+ * adding and removing an EventTarget listener for every handler run cost more than the run's other
+ * bookkeeping together.
+ */
+const runsByStopSignal = new WeakMap<AbortSignal, Set<HandlerRun>>();
+
+function watchStop(signal: AbortSignal, run: HandlerRun): void {
+  let runs = runsByStopSignal.get(signal);
+  if (runs === undefined) {
+    const watched = new Set<HandlerRun>();
+    runs = watched;
+    runsByStopSignal.set(signal, watched);
+    signal.addEventListener(
+      'abort',
+      () => {
+        for (const stopped of [...watched]) stopped.stop();
+      },
+      { once: true },
+    );
+  }
+  runs.add(run);
+}
 
 /**
  * The state of one handler run: settles it once (result, timeout or forced stop) and is the stop signal's
- * listener. Its abort signal is created on first use: most handlers never look at it, and an
+ * watcher. Its abort signal is created on first use: most handlers never look at it, and an
  * `AbortController` per delivery is costly. Aborting before the handler asked for the signal aborts it as
  * soon as it is created, with the same reason, so the handler cannot tell the difference.
  */
@@ -257,16 +279,39 @@ class HandlerRun {
     if (this.done) return false;
     this.done = true;
     this.clock.clearTimeout(this.timer);
-    this.stopSignal?.removeEventListener('abort', this);
+    if (this.stopSignal !== undefined) runsByStopSignal.get(this.stopSignal)?.delete(this);
     this.resolve(result);
     return true;
   }
 
   /** The stop signal fired (forced stop): the delivery is abandoned. */
-  handleEvent(): void {
+  stop(): void {
     if (this.finish({ kind: 'abandoned' })) this.abort(new SubscriberStoppedError());
   }
 }
+
+/** What a handler gets besides the message (a class: cheaper to create than a literal with a getter). */
+class RunContext implements HandlerContext {
+  readonly server: string;
+  readonly queue: string;
+
+  constructor(
+    private readonly run: HandlerRun,
+    readonly attempt: number,
+    source: DeliverySource,
+    readonly logger: Logger,
+  ) {
+    this.server = source.server;
+    this.queue = source.queue;
+  }
+
+  get signal(): AbortSignal {
+    return this.run.signal;
+  }
+}
+
+const isThenable = (value: unknown): value is PromiseLike<unknown> =>
+  typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
 
 class Processing {
   private readonly clock: Clock;
@@ -525,15 +570,6 @@ class Processing {
     const timeoutSeconds = handler.policy.timeout;
     return new Promise<RunResult>((resolve) => {
       const run = new HandlerRun(this.clock, stopSignal, resolve);
-      const context: HandlerContext = {
-        get signal() {
-          return run.signal;
-        },
-        attempt,
-        server: source.server,
-        queue: source.queue,
-        logger: this.logger,
-      };
       run.timer = this.clock.setTimeout(
         () => {
           const error = new HandlerTimeoutError(timeoutSeconds, source.queue, message.uuid);
@@ -544,26 +580,35 @@ class Processing {
         },
         Math.min(timeoutSeconds * 1000, MAX_TIMER_MS),
       );
-      stopSignal?.addEventListener('abort', run, ONCE);
-      new Promise<unknown>((resolveRun) => resolveRun(handler.process(message, context))).then(
-        (value) => {
-          if (run.finish({ kind: 'ok', value })) this.handlerResult = value;
-          else
-            this.logger.warn(
-              { ...this.context, attempt },
-              'handler finished after its timeout; result ignored',
-            );
-        },
-        (error: unknown) => {
-          if (!run.finish({ kind: 'error', error })) {
-            this.logger.warn(
-              { ...this.context, attempt, err: error },
-              'handler failed after its timeout; ignored',
-            );
-          }
-        },
-      );
+      if (stopSignal !== undefined) watchStop(stopSignal, run);
+      // Called directly (no promise for a handler that returns a plain value); a throw counts as a failure.
+      let result: unknown;
+      try {
+        result = handler.process(message, new RunContext(run, attempt, source, this.logger));
+      } catch (error) {
+        this.handlerFailed(run, attempt, error);
+        return;
+      }
+      if (isThenable(result)) {
+        result.then(
+          (value) => this.handlerSucceeded(run, attempt, value),
+          (error: unknown) => this.handlerFailed(run, attempt, error),
+        );
+      } else {
+        this.handlerSucceeded(run, attempt, result);
+      }
     });
+  }
+
+  private handlerSucceeded(run: HandlerRun, attempt: number, value: unknown): void {
+    if (run.finish({ kind: 'ok', value })) this.handlerResult = value;
+    else this.logger.warn({ ...this.context, attempt }, 'handler finished after its timeout; result ignored');
+  }
+
+  private handlerFailed(run: HandlerRun, attempt: number, error: unknown): void {
+    if (!run.finish({ kind: 'error', error })) {
+      this.logger.warn({ ...this.context, attempt, err: error }, 'handler failed after its timeout; ignored');
+    }
   }
 
   /** Where the RPC reply goes; undefined when the message wants none. */

@@ -1,4 +1,3 @@
-import { setMaxListeners } from 'node:events';
 import { BrokerPool } from '@beetle/broker-amqp';
 import {
   TypedEmitter,
@@ -131,9 +130,6 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
     this.copies = new LocalCopies(() => this.clock.nowMs());
-    // Every running handler listens on the stop signal (removed when it finishes): more than 10 at once with
-    // `subscriberConcurrency` > 10 is expected, not a leak.
-    setMaxListeners(0, this.stopController.signal);
   }
 
   /** Registers the handler of a queue (registered name); throws `UnknownQueueError` for unknown queues. */
