@@ -158,13 +158,30 @@ function describe(value: unknown): string {
   }
 }
 
+/** The value of 1 to 16 decimal digits and nothing else (what Beetle publishers send), else undefined. */
+function plainDigits(text: string): number | undefined {
+  const length = text.length;
+  if (length === 0 || length > 16) return undefined;
+  let value = 0;
+  for (let i = 0; i < length; i++) {
+    const digit = text.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) return undefined;
+    value = value * 10 + digit;
+  }
+  return value;
+}
+
 /** Ruby reads headers with `to_i`, so strings and integers both work; we also insist they are integers. */
 function integerHeader(headers: Readonly<Record<string, unknown>>, name: string): number {
   const value = headers[name];
   if (typeof value === 'number' && Number.isSafeInteger(value)) return value;
   if (typeof value === 'bigint') return Number(value);
   const text = Buffer.isBuffer(value) ? value.toString('utf8') : value;
-  if (typeof text === 'string' && /^\s*-?\d{1,16}\s*$/.test(text)) return Number.parseInt(text, 10);
+  if (typeof text === 'string') {
+    const digits = plainDigits(text);
+    if (digits !== undefined) return digits;
+    if (/^\s*-?\d{1,16}\s*$/.test(text)) return Number.parseInt(text, 10);
+  }
   throw new MessageDecodingError(
     value === undefined
       ? `header ${name} is missing`

@@ -84,8 +84,8 @@ interface BrokerLayer {
 /** Grace (ms) for deliveries past their handler to finish their store calls after a forced stop. */
 const ABANDON_GRACE_MS = 1000;
 
-/** Node fires longer timers after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How often waits for a copy in flight are checked against their bound (ms). */
+const COPY_SWEEP_MS = 1000;
 
 /**
  * Consumes the registered queues from every broker (`servers` + `additionalSubscriptionServers`) and runs
@@ -113,8 +113,9 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private readonly requeues = new Map<TimerHandle, () => void>();
   /** The copies of each message in flight here, and recently completed ones (see `LocalCopies`). */
   private readonly copies: LocalCopies;
-  /** Wake-ups of deliveries waiting for a copy in flight (`false`: stop). */
-  private readonly copyWaiters = new Set<(go: boolean) => void>();
+  /** Deliveries waiting for a copy in flight: their wake-up (`false`: stop) and when to stop waiting. */
+  private readonly copyWaits = new Map<(go: boolean) => void, { until: number; queue: string }>();
+  private copySweep: TimerHandle = undefined;
   /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
   private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery) =>
     this.reject(channel, queue, delivery);
@@ -345,27 +346,45 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       return Promise.resolve(false);
     }
     const timeout = this.handlers.get(queue.name)?.policy.timeout ?? 0;
-    const boundMs = Math.min((timeout + TIMEOUT_GRACE_PERIOD) * 1000, MAX_TIMER_MS);
+    const boundMs = (timeout + TIMEOUT_GRACE_PERIOD) * 1000;
     return new Promise<boolean>((resolve) => {
       let done = false;
       const finish = (go: boolean): void => {
         if (done) return;
         done = true;
         line.waiting = false; // from now on the copy before cannot hand its acks over
-        this.clock.clearTimeout(timer);
-        this.copyWaiters.delete(finish);
+        this.copyWaits.delete(finish);
+        if (this.copyWaits.size === 0 && this.copySweep !== undefined) {
+          this.clock.clearTimeout(this.copySweep);
+          this.copySweep = undefined;
+        }
         resolve(go && !this.stopping);
       };
-      const timer = this.clock.setTimeout(() => {
+      this.copyWaits.set(finish, { until: this.clock.nowMs() + boundMs, queue: queue.name });
+      this.scheduleCopySweep();
+      void previous.then(() => finish(true));
+    });
+  }
+
+  /**
+   * Ends the copy waits past their bound, checking once a second while any wait (the bound is at least the
+   * 10 s grace period, so a second late is fine): one timer for all waits instead of one per waiting copy.
+   */
+  private scheduleCopySweep(): void {
+    if (this.copySweep !== undefined) return;
+    this.copySweep = this.clock.setTimeout(() => {
+      this.copySweep = undefined;
+      const now = this.clock.nowMs();
+      for (const [finish, wait] of this.copyWaits) {
+        if (now < wait.until) continue;
         this.logger.warn(
-          { queue: queue.name, waitedMs: boundMs },
+          { queue: wait.queue },
           'a copy of this message is still being processed here; going on without waiting for it',
         );
         finish(true);
-      }, boundMs);
-      this.copyWaiters.add(finish);
-      void previous.then(() => finish(true));
-    });
+      }
+      if (this.copyWaits.size > 0) this.scheduleCopySweep();
+    }, COPY_SWEEP_MS);
   }
 
   /**
@@ -439,7 +458,9 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     // 2. Deliveries waiting for a slot or for a copy in flight are not started (redelivered when the channel
     //    closes).
     for (const wake of this.waiting.splice(0)) wake(false);
-    for (const wake of [...this.copyWaiters]) wake(false);
+    for (const wake of [...this.copyWaits.keys()]) wake(false);
+    if (this.copySweep !== undefined) this.clock.clearTimeout(this.copySweep);
+    this.copySweep = undefined;
     // 3. Wait for running handlers; they settle as usual.
     let abandoned = 0;
     if (!(await this.drain(timeoutSeconds * 1000))) {

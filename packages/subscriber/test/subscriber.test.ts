@@ -21,7 +21,7 @@ import {
 } from '@beetle/subscriber';
 import { getEventListeners } from 'node:events';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { FakeClock, flush, rawDelivery } from './helpers.js';
+import { FakeClock, flush, rawDelivery, recordingStore } from './helpers.js';
 
 /** A consumer channel that records everything and lets the test deliver messages or kill it. */
 class FakeChannel implements SubscriberChannel {
@@ -514,6 +514,66 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       await sub.stop();
     },
   );
+
+  it('copies that meet here cost three store calls: claim, complete, one acknowledged for both acks', async () => {
+    const log: string[] = [];
+    const config = createConfig({ servers: [A, B], subscriberConcurrency: 4 });
+    const sub = new Subscriber({ config, topology, store: recordingStore(store, log), pool, clock });
+    let release!: () => void;
+    sub.register('orders', () => new Promise<void>((resolve) => (release = resolve)));
+    await sub.listen();
+    const copy = { ...id(), redundant: true };
+    const tagA = pool.channel(A).deliver('orders', 'x', copy);
+    await flush();
+    const tagB = pool.channel(B).deliver('orders', 'x', copy);
+    await flush();
+    release();
+    await flush();
+    expect(pool.channel(A).acked).toEqual([tagA]);
+    expect(pool.channel(B).acked).toEqual([tagB]);
+    expect(log).toEqual(['store.claim', 'store.complete', 'store.acknowledged']);
+    expect(store.size).toBe(0);
+    await sub.stop();
+  });
+
+  it('a copy stops waiting after the handler timeout + 10 s when the copy before hangs in a hook', async () => {
+    const warnings: string[] = [];
+    const logger = {
+      debug: () => undefined,
+      info: () => undefined,
+      warn: (...args: unknown[]) => void warnings.push(String(args.find((a) => typeof a === 'string'))),
+      error: () => undefined,
+    };
+    const config = createConfig({ servers: [A, B], subscriberConcurrency: 2 });
+    const sub = new Subscriber({ config, topology, store, pool, clock, logger });
+    let runs = 0;
+    sub.register(
+      'orders',
+      {
+        process: () => {
+          runs++;
+        },
+        postProcess: () => new Promise<void>(() => undefined), // never settles
+      },
+      { timeout: 5 },
+    );
+    await sub.listen();
+    const copy = { ...id(), redundant: true };
+    const tagA = pool.channel(A).deliver('orders', 'x', copy);
+    await flush();
+    const tagB = pool.channel(B).deliver('orders', 'x', copy);
+    await clock.advance(14_000);
+    expect(pool.channel(A).acked).toEqual([tagA]);
+    expect(pool.channel(B).acked).toEqual([]); // still waiting
+    await clock.advance(2_000);
+    // Past 5 + 10 s it went on: the store says completed, so it is acked without running the handler.
+    expect(warnings).toContain(
+      'a copy of this message is still being processed here; going on without waiting for it',
+    );
+    expect(pool.channel(B).acked).toEqual([tagB]);
+    expect(runs).toBe(1);
+    expect(store.size).toBe(0);
+  });
 
   it('three copies line up; each runs the state machine after the one before (the store decides)', async () => {
     const sub = subscriber({ subscriberConcurrency: 3 });
