@@ -2,7 +2,7 @@
  * Shared helpers of the benchmarks: settings from the environment, raw amqplib connections, statistics.
  */
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -213,4 +213,35 @@ export function busyPercent(
 ): number {
   const total = after.total - before.total;
   return total > 0 ? round(((after.busy - before.busy) / total) * 100) : Number.NaN;
+}
+
+/** Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/**
+ * CPU seconds (user + system) used so far by the machine's RabbitMQ nodes (`beam.smp`) and Redis servers
+ * (`redis-server`), from `/proc` (zeros where unavailable). Replicas count: they work for every write too.
+ */
+export function serviceCpu(): { brokers: number; redis: number } {
+  const total = { brokers: 0, redis: 0 };
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return total;
+  }
+  for (const pid of entries) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const kind = name === 'beam.smp' ? 'brokers' : name === 'redis-server' ? 'redis' : undefined;
+      if (kind === undefined) continue;
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      total[kind] += (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return total;
 }

@@ -1,6 +1,6 @@
 /** What the end-to-end benchmarks (raw ceiling and Beetle) have in common. */
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
-import { busyPercent, machineCpu, percentile, round } from './common.js';
+import { busyPercent, machineCpu, percentile, round, serviceCpu } from './common.js';
 
 export interface E2eRun {
   /** Messages per second: N messages published (both copies) until both copies of every message were acked. */
@@ -15,6 +15,9 @@ export interface E2eRun {
   readonly requeues: number;
   /** Client process CPU (user + system) per message, microseconds: steadier than rates on a busy machine. */
   readonly cpuUs: number;
+  /** CPU of all RabbitMQ nodes / all Redis servers on the machine per message, microseconds (Linux `/proc`). */
+  readonly brokerCpuUs: number;
+  readonly redisCpuUs: number;
   /** Whole machine (all cores, every process) busy during the run, percent. */
   readonly machineBusy: number;
   /** Event loop delay of the benchmark process during the run, milliseconds. */
@@ -37,11 +40,12 @@ export interface E2eHarness {
 export function startMeters(): {
   cpu: NodeJS.CpuUsage;
   machine: ReturnType<typeof machineCpu>;
+  services: ReturnType<typeof serviceCpu>;
   loop: IntervalHistogram;
 } {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
-  return { cpu: process.cpuUsage(), machine: machineCpu(), loop };
+  return { cpu: process.cpuUsage(), machine: machineCpu(), services: serviceCpu(), loop };
 }
 
 export function summarize(
@@ -53,7 +57,10 @@ export function summarize(
 ): E2eRun {
   meters.loop.disable();
   const cpu = process.cpuUsage(meters.cpu);
+  const services = serviceCpu();
   return {
+    brokerCpuUs: round(((services.brokers - meters.services.brokers) * 1e6) / messages, 1),
+    redisCpuUs: round(((services.redis - meters.services.redis) * 1e6) / messages, 1),
     machineBusy: busyPercent(meters.machine, machineCpu()),
     loopDelayP50: round(meters.loop.percentile(50) / 1e6, 1),
     loopDelayP99: round(meters.loop.percentile(99) / 1e6, 1),

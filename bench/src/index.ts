@@ -112,6 +112,8 @@ const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
   handlerRuns: Math.max(...runs.map((r) => r.handlerRuns)),
   requeues: Math.max(...runs.map((r) => r.requeues)),
   cpuUs: round(median(runs.map((r) => r.cpuUs)), 1),
+  brokerCpuUs: round(median(runs.map((r) => r.brokerCpuUs)), 1),
+  redisCpuUs: round(median(runs.map((r) => r.redisCpuUs)), 1),
   machineBusy: round(median(runs.map((r) => r.machineBusy))),
   loopDelayP50: round(median(runs.map((r) => r.loopDelayP50)), 1),
   loopDelayP99: round(median(runs.map((r) => r.loopDelayP99)), 1),
@@ -162,9 +164,9 @@ async function e2e(): Promise<E2eResult> {
       const b = beetleRuns.at(-1)!;
       const a = rawRuns.at(-1)!;
       options.log(
-        `  round ${r + 1}: raw ${a.rate} msgs/s (p50 ${a.p50} ms, p99 ${a.p99} ms, ${a.cpuUs} us CPU/msg, ` +
+        `  round ${r + 1}: raw ${a.rate} msgs/s (p50 ${a.p50} ms, p99 ${a.p99} ms, ${a.cpuUs} us CPU/msg (brokers ${a.brokerCpuUs}, Redis ${a.redisCpuUs}), ` +
           `machine ${a.machineBusy}% busy, loop delay p50 ${a.loopDelayP50} ms), ` +
-          `Beetle ${b.rate} msgs/s (p50 ${b.p50} ms, p99 ${b.p99} ms, ${b.cpuUs} us CPU/msg, ` +
+          `Beetle ${b.rate} msgs/s (p50 ${b.p50} ms, p99 ${b.p99} ms, ${b.cpuUs} us CPU/msg (brokers ${b.brokerCpuUs}, Redis ${b.redisCpuUs}), ` +
           `per delivery p50 ${b.processingP50} ms p99 ${b.processingP99} ms, machine ${b.machineBusy}% busy, ` +
           `loop delay p50 ${b.loopDelayP50} ms p99 ${b.loopDelayP99} ms, ` +
           `handler runs ${b.handlerRuns}, requeues ${b.requeues})`,
@@ -300,6 +302,12 @@ async function main(): Promise<void> {
     out(
       `  Beetle time per delivery in the subscriber (slot taken -> settled): p50 ${beetle.processingP50} ms, ` +
         `p99 ${beetle.processingP99} ms`,
+    );
+    const total = (run: E2eRun): number => round(run.cpuUs + run.brokerCpuUs + run.redisCpuUs);
+    out(
+      `  CPU per message (us): raw client ${raw.cpuUs} + brokers ${raw.brokerCpuUs} + Redis ${raw.redisCpuUs} = ` +
+        `${total(raw)}; Beetle client ${beetle.cpuUs} + brokers ${beetle.brokerCpuUs} + Redis ${beetle.redisCpuUs} = ` +
+        `${total(beetle)}`,
     );
     out(
       `  machine CPU busy (all processes): raw ${raw.machineBusy}%, Beetle ${beetle.machineBusy}%; ` +
