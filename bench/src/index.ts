@@ -102,7 +102,40 @@ interface E2eResult {
     raw: { p50: number; p99: number };
     beetle: { p50: number; p99: number; requeues: number };
   };
+  /** Both sides offered fractions of raw's flood rate, open loop: did they keep up, at what latency. */
+  readonly offered: OfferedStep[];
 }
+
+interface OfferedStep {
+  readonly fraction: number;
+  readonly rate: number;
+  readonly raw: OfferedResult;
+  readonly beetle: OfferedResult;
+}
+
+interface OfferedResult {
+  readonly achieved: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly keptUp: boolean;
+}
+
+/** Fractions of raw's flood rate offered to both sides in the offered-load step. */
+const OFFERED_FRACTIONS = [0.6, 0.7, 0.8] as const;
+/** Seconds per offered-load run. */
+const OFFERED_SECONDS = 6;
+/**
+ * A side kept up with an offered rate when it handled 97 % of it and its p99 latency (publish -> handler) stayed
+ * below this many ms: no backlog built up.
+ */
+const KEPT_UP_P99_MS = 250;
+
+const offeredResult = (run: E2eRun, rate: number): OfferedResult => ({
+  achieved: run.rate,
+  p50: run.p50,
+  p99: run.p99,
+  keptUp: run.rate >= 0.97 * rate && run.p99 < KEPT_UP_P99_MS,
+});
 
 const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
   rate: round(median(runs.map((r) => r.rate))),
@@ -183,7 +216,33 @@ async function e2e(): Promise<E2eResult> {
     options.log(`  paced: ${pacedCount} messages at ${rate} msgs/s each`);
     const rawPaced = await raw.run(pacedCount, rate);
     const beetlePaced = await beetle.run(pacedCount, rate);
+    // Offered load: the flood rounds above measure how fast a backlog is worked off; these runs ask whether
+    // a side keeps up with a given rate without building one (both offered the same fractions of raw's rate).
+    const offered: OfferedStep[] = [];
+    for (const [i, fraction] of OFFERED_FRACTIONS.entries()) {
+      const offeredRate = Math.max(10, Math.round(rawMedian.rate * fraction));
+      const count = offeredRate * OFFERED_SECONDS;
+      await sleep(SETTLE_MS);
+      const first = i % 2 === 0 ? raw : beetle;
+      const second = first === raw ? beetle : raw;
+      const firstRun = await first.run(count, offeredRate);
+      await sleep(SETTLE_MS);
+      const secondRun = await second.run(count, offeredRate);
+      const [rawRun, beetleRun] = first === raw ? [firstRun, secondRun] : [secondRun, firstRun];
+      const step: OfferedStep = {
+        fraction,
+        rate: offeredRate,
+        raw: offeredResult(rawRun, offeredRate),
+        beetle: offeredResult(beetleRun, offeredRate),
+      };
+      offered.push(step);
+      options.log(
+        `  offered ${offeredRate} msgs/s (${fraction} of raw): raw ${rawRun.rate} msgs/s p99 ${rawRun.p99} ms, ` +
+          `Beetle ${beetleRun.rate} msgs/s p99 ${beetleRun.p99} ms`,
+      );
+    }
     return {
+      offered,
       messages: options.messages,
       rounds: options.rounds,
       raw: { ...rawMedian, settings: raw.settings },
@@ -324,6 +383,17 @@ async function main(): Promise<void> {
         `raw ${paced.raw.p50}/${paced.raw.p99} ms, Beetle ${paced.beetle.p50}/${paced.beetle.p99} ms ` +
         `(Beetle requeues ${paced.beetle.requeues})`,
     );
+    const keptUp = (r: OfferedResult): string =>
+      `${r.achieved} msgs/s p50 ${r.p50} ms p99 ${r.p99} ms ${r.keptUp ? 'kept up' : 'fell behind'}`;
+    out(
+      `  offered load (open loop, ${OFFERED_SECONDS} s each; kept up = 97 % handled and p99 < ${KEPT_UP_P99_MS} ms):`,
+    );
+    for (const step of results.e2e.offered) {
+      out(
+        `    ${step.rate} msgs/s (${step.fraction} of raw's flood rate): raw ${keptUp(step.raw)}; ` +
+          `Beetle ${keptUp(step.beetle)}`,
+      );
+    }
     out(
       `  ratio ${ratio} of raw  (target >= ${TARGETS.e2eRatio}: ${verdict(ratio >= TARGETS.e2eRatio)}); ` +
         `per round ${results.e2e.perRound.map((r) => r.ratio).join(', ')}`,
