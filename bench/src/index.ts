@@ -118,6 +118,10 @@ interface OfferedResult {
   readonly p50: number;
   readonly p99: number;
   readonly keptUp: boolean;
+  /** CPU per message, microseconds: client process, RabbitMQ nodes, Redis servers. */
+  readonly cpuUs: number;
+  readonly brokerCpuUs: number;
+  readonly redisCpuUs: number;
 }
 
 /** Fractions of raw's flood rate offered to both sides in the offered-load step. */
@@ -135,6 +139,9 @@ const offeredResult = (run: E2eRun, rate: number): OfferedResult => ({
   p50: run.p50,
   p99: run.p99,
   keptUp: run.rate >= 0.97 * rate && run.p99 < KEPT_UP_P99_MS,
+  cpuUs: run.cpuUs,
+  brokerCpuUs: run.brokerCpuUs,
+  redisCpuUs: run.redisCpuUs,
 });
 
 const medianRun = (runs: readonly E2eRun[]): E2eRun => ({
@@ -384,7 +391,8 @@ async function main(): Promise<void> {
         `(Beetle requeues ${paced.beetle.requeues})`,
     );
     const keptUp = (r: OfferedResult): string =>
-      `${r.achieved} msgs/s p50 ${r.p50} ms p99 ${r.p99} ms ${r.keptUp ? 'kept up' : 'fell behind'}`;
+      `${r.achieved} msgs/s p50 ${r.p50} ms p99 ${r.p99} ms ${r.keptUp ? 'kept up' : 'fell behind'} ` +
+      `(CPU/msg client ${r.cpuUs} brokers ${r.brokerCpuUs} Redis ${r.redisCpuUs} us)`;
     out(
       `  offered load (open loop, ${OFFERED_SECONDS} s each; kept up = 97 % handled and p99 < ${KEPT_UP_P99_MS} ms):`,
     );
