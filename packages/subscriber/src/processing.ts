@@ -590,10 +590,14 @@ class Processing {
         return;
       }
       if (isThenable(result)) {
-        result.then(
-          (value) => this.handlerSucceeded(run, attempt, value),
-          (error: unknown) => this.handlerFailed(run, attempt, error),
-        );
+        try {
+          result.then(
+            (value) => this.handlerSucceeded(run, attempt, value),
+            (error: unknown) => this.handlerFailed(run, attempt, error),
+          );
+        } catch (error) {
+          this.handlerFailed(run, attempt, error); // a thenable whose then() throws
+        }
       } else {
         this.handlerSucceeded(run, attempt, result);
       }

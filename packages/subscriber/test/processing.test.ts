@@ -362,6 +362,17 @@ describe('processing: full path', () => {
     expect(await keys()).toMatchObject({ ack_count: '1' });
   });
 
+  it('a handler result whose then() throws counts as a handler failure, not an internal error', async () => {
+    const thenable = {
+      then: () => {
+        throw new Error('broken thenable');
+      },
+    };
+    const { result } = await run(msg(), () => thenable, { attempts: 2, exceptions: 1 });
+    expect(result.outcome).toBe(Outcome.HandlerCrash);
+    expect((result.error as Error).message).toBe('broken thenable');
+  });
+
   it('HandlerCrash: rejected (not acked), retry delay stored, error hook but no failure hook', async () => {
     const handler = hooked(boom);
     const { result, settler } = await run(msg(), handler, { attempts: 3, exceptions: 2, delay: 7 });
