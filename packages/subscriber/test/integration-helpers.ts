@@ -1,4 +1,5 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
 import { createRequire } from 'node:module';
 import type * as Amqp from 'amqplib';
 import { servers as allServers } from '../../broker-amqp/test/helpers.js';
@@ -117,4 +118,36 @@ export async function killConsumerConnections(server: string): Promise<number> {
     await management(server, 'DELETE', `/api/connections/${encodeURIComponent(connection.name)}`);
   }
   return ours.length;
+}
+
+/** A currently free TCP port (for a disposable service). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Publishes one redundant copy of each message to every broker (one connection per broker). */
+export async function publishCopies(
+  targets: readonly string[],
+  exchange: string,
+  payloads: readonly Payload[],
+): Promise<string[]> {
+  const ids = payloads.map(() => randomUUID());
+  const encoded = payloads.map((payload, i) =>
+    encodeMessage(payload, { messageId: ids[i], redundant: true }),
+  );
+  for (const server of targets) {
+    await raw(server, async (ch) => {
+      for (const { body, properties } of encoded) ch.publish(exchange, exchange, body, properties);
+      await ch.waitForConfirms();
+    });
+  }
+  return ids;
 }

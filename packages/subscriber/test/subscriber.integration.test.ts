@@ -1,12 +1,15 @@
 import { Outcome, Topology, createConfig, type BeetleConfigInput, type DedupStore } from '@beetle/core';
-import { RedisDedupStore } from '@beetle/dedup-redis';
+import { RedisDedupStore, type RedisDedupStoreOptions } from '@beetle/dedup-redis';
+import { startRedis } from '@beetle/test-services';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   deleteQueues,
+  freePort,
   killConsumerConnections,
   messageCount,
   publish,
+  publishCopies,
   publishRaw,
   redisServer,
   servers,
@@ -28,7 +31,10 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-function setup(configInput: BeetleConfigInput = {}): Setup {
+function setup(
+  configInput: BeetleConfigInput = {},
+  storeOptions: RedisDedupStoreOptions = { redisServer, failoverTimeout: 3 },
+): Setup {
   const queue = `beetle-sub-it-${uid()}`;
   const topology = new Topology();
   topology.registerQueue(queue);
@@ -41,7 +47,7 @@ function setup(configInput: BeetleConfigInput = {}): Setup {
     stopTimeout: 5,
     ...configInput,
   });
-  const store = new RedisDedupStore({ redisServer, failoverTimeout: 3 });
+  const store = new RedisDedupStore(storeOptions);
   const subscriber = new Subscriber({ config, topology, store });
   const processed: ProcessedEvent[] = [];
   subscriber.on('processed', (event) => processed.push(event));
@@ -71,6 +77,40 @@ describe('Subscriber against real brokers and Redis', () => {
     expect(processed.every((p) => p.settled === 'acked')).toBe(true);
     expect(await store.inspect({ queue, uuid })).toEqual({});
 
+    await subscriber.stop();
+    for (const server of servers) expect(await messageCount(server, queue)).toBe(0);
+  });
+
+  it('waits while Redis is stalled (SIGSTOP 4 s), then goes on: each message handled once, every copy acked', async () => {
+    const redis = await startRedis(await freePort());
+    cleanups.push(() => redis.stop()); // runs after the setup's cleanup (reverse order)
+    const { queue, subscriber, store, processed } = setup(
+      { subscriberConcurrency: 8, prefetchCount: 10 },
+      { redisServer: redis.address, failoverTimeout: 30, readTimeout: 1 },
+    );
+    const runs = new Map<string, number>();
+    subscriber.register(queue, (message) => {
+      runs.set(message.text(), (runs.get(message.text()) ?? 0) + 1);
+    });
+    await subscriber.listen();
+    const before = Array.from({ length: 20 }, (_, i) => `before-${i}`);
+    await publishCopies(servers, queue, before);
+    await waitFor(() => processed.length === 40, 15_000, 'the first 40 copies processed');
+
+    await redis.pause();
+    const after = Array.from({ length: 20 }, (_, i) => `after-${i}`);
+    const ids = await publishCopies(servers, queue, after);
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    // Nothing ran meanwhile: every delivery waits for its first store call.
+    expect(runs.size).toBe(20);
+    expect(processed).toHaveLength(40);
+    await redis.resume();
+
+    await waitFor(() => processed.length === 80, 30_000, 'all 80 copies processed after the stall');
+    expect([...runs.keys()].sort()).toEqual([...before, ...after].sort());
+    expect([...runs.values()].every((n) => n === 1)).toBe(true);
+    expect(processed.every((p) => p.outcome === Outcome.OK && p.settled === 'acked')).toBe(true);
+    for (const uuid of ids) expect(await store.inspect({ queue, uuid })).toEqual({});
     await subscriber.stop();
     for (const server of servers) expect(await messageCount(server, queue)).toBe(0);
   });
