@@ -248,6 +248,24 @@ export function describeDedupStoreContract(name: string, factory: DedupStoreFact
         await expectKeys(subject, ref, {});
       });
 
+      it('a leftover attempts key without status: still a first sighting, counting on from it (Ruby INCR)', async () => {
+        const subject = fixture.current();
+        if (!subject.seed) return; // needs raw writes
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.seed(ref, { attempts: '4' });
+        expect(await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 })).toEqual({
+          first: true,
+          attempts: 5,
+        });
+        await expectKeys(subject, ref, {
+          status: 'incomplete',
+          expires: String(now + 100),
+          timeout: String(now + 600),
+          attempts: '5',
+        });
+      });
+
       it('redundant: both copies acked by one subscriber are counted in one call (acks: 2)', async () => {
         const subject = fixture.current();
         const ref = freshRef();
