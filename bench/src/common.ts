@@ -3,7 +3,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import amqp from 'amqplib';
@@ -166,19 +165,6 @@ export function percentile(values: readonly number[], p: number): number {
 }
 
 export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
-
-/** A TCP port nothing listens on (bound, then released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Runs `fn` with a timer; rejects if it takes longer than `ms`. */
 export async function bounded<T>(what: string, ms: number, fn: () => Promise<T>): Promise<T> {

@@ -11,8 +11,8 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { startBroker, type ServiceHandle } from '@beetle/test-services';
-import { freePort, median, rawBroker, round, sleep, type BenchOptions } from './common.js';
+import { freePort, type ServiceHandle, startBroker } from '@beetle/test-services';
+import { median, rawBroker, round, sleep, type BenchOptions } from './common.js';
 
 const WARM_SECONDS = 10;
 const SAMPLE_MS = 200;

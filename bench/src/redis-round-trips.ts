@@ -7,9 +7,9 @@
  * Redis can be started.
  */
 import { Redis } from 'ioredis';
-import { startRedis, type ServiceHandle } from '@beetle/test-services';
+import { freePort, type ServiceHandle, startRedis } from '@beetle/test-services';
 import { beetleE2e } from './beetle-e2e.js';
-import { freePort, hostPort, round, sleep, type BenchOptions } from './common.js';
+import { hostPort, round, sleep, type BenchOptions } from './common.js';
 
 const ADMIN = /^(info|config|monitor|client|ping|hello|auth|select|flushdb|quit|script)/;
 

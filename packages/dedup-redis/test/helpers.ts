@@ -43,19 +43,6 @@ export function rawClient(address = TEST_REDIS, db = 4): Redis {
   return new Redis({ host, port, db, maxRetriesPerRequest: 1, lazyConnect: false });
 }
 
-/** A currently free TCP port for a disposable Redis (see `startRedis` of `@beetle/test-services`). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 interface ProxiedPair {
   client: Socket;
   upstream: Socket;

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { keyOf, NoRedisMasterError, type MessageRef } from '@beetle/core';
-import { startRedis, type ServiceHandle } from '@beetle/test-services';
+import { freePort, type ServiceHandle, startRedis } from '@beetle/test-services';
 import { isRedisAddress, parseRedisAddress, parseRedisMasterFile, RedisDedupStore } from '../src/index.js';
-import { freePort, nowSeconds, rawClient, requireSharedRedis, sleep, TEST_REDIS } from './helpers.js';
+import { nowSeconds, rawClient, requireSharedRedis, sleep, TEST_REDIS } from './helpers.js';
 
 const freshRef = (): MessageRef => ({ queue: 'master-file-test', uuid: randomUUID() });
 

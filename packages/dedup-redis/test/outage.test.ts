@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NoRedisMasterError, type Logger, type MessageRef } from '@beetle/core';
-import { startRedis, type ServiceHandle } from '@beetle/test-services';
+import { freePort, type ServiceHandle, startRedis } from '@beetle/test-services';
 import { RedisDedupStore } from '../src/index.js';
-import { BlackholeProxy, freePort, nowSeconds, sleep } from './helpers.js';
+import { BlackholeProxy, nowSeconds, sleep } from './helpers.js';
 
 interface LogEntry {
   level: 'debug' | 'info' | 'warn' | 'error';

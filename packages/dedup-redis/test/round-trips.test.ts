@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { type MessageRef } from '@beetle/core';
-import { startRedis, type ServiceHandle } from '@beetle/test-services';
+import { freePort, type ServiceHandle, startRedis } from '@beetle/test-services';
 import { RedisDedupStore } from '../src/index.js';
-import { freePort, nowSeconds, rawClient, sleep } from './helpers.js';
+import { nowSeconds, rawClient, sleep } from './helpers.js';
 
 /** `INFO commandstats` as command → calls. */
 async function commandCalls(admin: Redis): Promise<Map<string, number>> {

@@ -1,5 +1,4 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
 import { createRequire } from 'node:module';
 import type * as Amqp from 'amqplib';
 import { servers as allServers } from '../../broker-amqp/test/helpers.js';
@@ -118,19 +117,6 @@ export async function killConsumerConnections(server: string): Promise<number> {
     await management(server, 'DELETE', `/api/connections/${encodeURIComponent(connection.name)}`);
   }
   return ours.length;
-}
-
-/** A currently free TCP port (for a disposable service). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Publishes one redundant copy of each message to every broker (one connection per broker). */

@@ -1,11 +1,10 @@
 import { Outcome, Topology, createConfig, type BeetleConfigInput, type DedupStore } from '@beetle/core';
 import { RedisDedupStore, type RedisDedupStoreOptions } from '@beetle/dedup-redis';
-import { startRedis } from '@beetle/test-services';
+import { freePort, startRedis } from '@beetle/test-services';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   deleteQueues,
-  freePort,
   killConsumerConnections,
   messageCount,
   publish,

@@ -16,6 +16,7 @@ export { startBroker, startRedis, type ServiceHandle } from './handles.js';
 export {
   AMQP_PROTOCOL_HEADER,
   exchange,
+  freePort,
   parseAddress,
   probeAmqp,
   probeRedis,

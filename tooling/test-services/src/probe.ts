@@ -101,3 +101,16 @@ export async function probeRedis(address: string, timeoutMs = 2000): Promise<voi
   const line = await redisCommand(address, 'PING', timeoutMs);
   if (line !== '+PONG') throw new Error(`${address}: PING answered "${line}" instead of +PONG`);
 }
+
+/** A TCP port nothing listens on right now (bound to 127.0.0.1, then released), for a disposable service. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
