@@ -45,7 +45,7 @@ const { values } = parseArgs({
   options: {
     json: { type: 'boolean', default: false },
     messages: { type: 'string', default: '10000' },
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     only: { type: 'string' },
     'outage-seconds': { type: 'string', default: '60' },
     'outage-mode': { type: 'string', default: 'stop-broker' },
