@@ -129,19 +129,8 @@ const completeCall = (redis: ScriptedRedis, ref: MessageRef): Promise<'OK'> => {
 };
 
 /** All 8 keys of a message deleted with one plain DEL (Ruby's cleanup, without a script around it). */
-const deleteAllCall = (redis: ScriptedRedis, ref: MessageRef): Promise<number> => {
-  const id = msgId(ref);
-  return redis.del(
-    `${id}:status`,
-    `${id}:ack_count`,
-    `${id}:timeout`,
-    `${id}:delay`,
-    `${id}:attempts`,
-    `${id}:exceptions`,
-    `${id}:mutex`,
-    `${id}:expires`,
-  );
-};
+const deleteAllCall = (redis: ScriptedRedis, ref: MessageRef): Promise<number> =>
+  redis.del(...allKeysOf(ref));
 
 const acknowledgedCall = (
   redis: ScriptedRedis,
@@ -169,10 +158,9 @@ const optionalInt = (value: unknown): number | undefined => {
 export class RedisDedupStore implements DedupStore {
   readonly statusKeyExpiryInterval: number;
   private readonly connection: RedisConnection;
-  /** The arguments of the acknowledged script: one ack of a redundant message, both, or non-redundant. */
+  /** The arguments of the acknowledged script for its hot cases: one ack of a redundant message, or non-redundant. */
   private readonly acknowledgedArgs: {
     readonly redundant: readonly [string, string, string];
-    readonly bothCopies: readonly [string, string, string];
     readonly single: readonly [string, string, string];
   };
 
@@ -186,7 +174,6 @@ export class RedisDedupStore implements DedupStore {
     this.statusKeyExpiryInterval = interval;
     this.acknowledgedArgs = {
       redundant: ['1', String(interval), '1'],
-      bothCopies: ['1', String(interval), '2'],
       single: ['0', String(interval), '1'],
     };
     const db = options.db ?? 4;
@@ -320,14 +307,9 @@ export class RedisDedupStore implements DedupStore {
       await this.connection.run('acknowledged', deleteAllCall, ref);
       return;
     }
-    const { redundant, bothCopies, single } = this.acknowledgedArgs;
-    const args = !params.redundant
-      ? single
-      : acks === 1
-        ? redundant
-        : acks === 2
-          ? bothCopies
-          : (['1', redundant[1], String(acks)] as const);
+    const { redundant, single } = this.acknowledgedArgs;
+    let args = params.redundant ? redundant : single;
+    if (params.redundant && acks > 1) args = ['1', redundant[1], String(acks)];
     await this.connection.run('acknowledged', acknowledgedCall, ref, args);
   }
 

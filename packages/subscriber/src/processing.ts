@@ -547,7 +547,7 @@ class Processing {
     const acks = (acked ? 1 : 0) + (copy?.takeInheritedAcks() ?? 0);
     if (acks === 0) return;
     if (redundant && acked && copy?.completed(acks) === true) return;
-    await this.params.store.acknowledged(ref, acks === 1 ? { redundant } : { redundant, acks });
+    await this.params.store.acknowledged(ref, { redundant, acks });
   }
 
   private accepts(error: unknown): boolean {
