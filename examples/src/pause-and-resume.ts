@@ -55,9 +55,12 @@ export async function main(options: PauseAndResumeOptions = {}): Promise<PauseAn
   let handledAfterResume = 0;
   let pausedAt: number | undefined;
   let pauseDone = false;
+  let resumeStartedAt: number | undefined;
   let resumedAt: number | undefined;
   let resumeTimer: NodeJS.Timeout | undefined;
   const resume = async (): Promise<void> => {
+    // Deliveries can start before resumeListening resolves: basic.consume is answered per broker.
+    resumeStartedAt = Date.now();
     await client.resumeListening([queue]);
     resumedAt = Date.now();
     print(`downstream back online: resumed ${queue}`);
@@ -69,7 +72,7 @@ export async function main(options: PauseAndResumeOptions = {}): Promise<PauseAn
         ? 'listening'
         : !pauseDone
           ? 'pausing'
-          : resumedAt === undefined
+          : resumeStartedAt === undefined
             ? 'paused'
             : 'resumed';
     if (state === 'paused') handledWhilePaused++;
@@ -116,7 +119,7 @@ export async function main(options: PauseAndResumeOptions = {}): Promise<PauseAn
     handled,
     paused,
     resumed,
-    pausedForMs: pausedAt !== undefined && resumedAt !== undefined ? resumedAt - pausedAt : 0,
+    pausedForMs: pausedAt !== undefined && resumeStartedAt !== undefined ? resumeStartedAt - pausedAt : 0,
     handledWhilePaused,
     handledAfterResume,
   };
