@@ -12,8 +12,9 @@
  *
  * - `ioredis`: one plain ioredis client (auto-pipelining on) with the original scripts (every key passed in
  *   KEYS, built on the client: the floor any wrapper of those scripts starts from);
- * - `ioredis/id`: the same with the store's current scripts (the message id passed once, keys built in Lua);
- * - `store`: `RedisDedupStore` of this package;
+ * - `ioredis/id`: the same with the store's current scripts (the message id passed once, keys built in Lua,
+ *   one call per step and message);
+ * - `store`: `RedisDedupStore` of this package (the calls of one tick batched into one command per step);
  * - `store-old`: another `RedisDedupStore` (`--old`, e.g. a copy of an earlier `src/index.ts`), if given.
  *
  * Printed per variant and round: µs of client CPU (`process.cpuUsage`, user + system) per message and
@@ -112,7 +113,10 @@ function plainClient(): PlainClient {
     enableAutoPipelining: true,
   }) as PlainClient;
   for (const [name, script] of Object.entries({ ...FULL_KEY_SCRIPTS, ...SCRIPTS })) {
-    client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua });
+    client.defineCommand(
+      name,
+      script.numberOfKeys < 0 ? { lua: script.lua } : { numberOfKeys: script.numberOfKeys, lua: script.lua },
+    );
   }
   return client;
 }
@@ -156,12 +160,13 @@ function plainMessageId(): Variant {
     name: 'ioredis/id',
     async happyPath(ref, expiresAt, timeoutAt) {
       const id = `msgid:${ref.queue}:${ref.uuid}`;
-      const first = (await client.beetleClaim(id, String(expiresAt), String(timeoutAt))) as unknown[];
-      check(first[0] === 1, 'first claim');
+      // The claim script takes several messages: one here (the number of keys first), one entry per message.
+      const [first] = (await client.beetleClaim(1, id, String(expiresAt), String(timeoutAt))) as unknown[][];
+      check(first?.[0] === 1, 'first claim');
       await client.mset(`${id}:status`, 'completed', `${id}:timeout`, '0');
       await client.beetleAcknowledged(id, '1', '0', '1');
-      const second = (await client.beetleClaim(id, String(expiresAt), String(timeoutAt))) as unknown[];
-      check(second[1] === 'completed', 'second claim');
+      const [second] = (await client.beetleClaim(1, id, String(expiresAt), String(timeoutAt))) as unknown[][];
+      check(second?.[1] === 'completed', 'second claim');
       await client.beetleAcknowledged(id, '1', '0', '1');
     },
     close: async () => {
@@ -234,8 +239,7 @@ async function main(): Promise<void> {
   if (args.flush) await admin.flushdb();
   const all: Variant[] = [
     plainFullKeys(),
-    // Only once the store's scripts take the message id (not with the scripts of before that change).
-    ...(SCRIPTS.beetleClaim.numberOfKeys === 1 ? [plainMessageId()] : []),
+    plainMessageId(),
     storeVariant('store', new RedisDedupStore({ redisServer: SERVER, db: DB })),
   ];
   if (args.old !== undefined) {

@@ -519,7 +519,13 @@ export class RedisConnection {
       disableClientInfo: true,
     }) as ScriptedRedis;
     for (const [name, script] of Object.entries(SCRIPTS)) {
-      client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua });
+      // Without numberOfKeys, ioredis takes the number of keys as the call's first argument.
+      client.defineCommand(
+        name,
+        script.numberOfKeys < 0
+          ? { lua: script.lua }
+          : { numberOfKeys: script.numberOfKeys, lua: script.lua },
+      );
     }
     const lastData = { at: 0 };
     this.lastData.set(client, lastData);

@@ -23,6 +23,7 @@ import {
   type Logger,
   type MessageRef,
 } from '@beetle/core';
+import { Batcher, type Schedule } from './batch.js';
 import { RedisConnection, type ScriptedRedis } from './connection.js';
 
 /** Options of {@link RedisDedupStore}. Durations are in seconds, like Ruby Beetle's configuration. */
@@ -118,19 +119,55 @@ const FAIL_OUTCOMES: ReadonlySet<string> = new Set<FailOutcome>([
 const unexpected = (script: string, reply: unknown): Error =>
   new Error(`unexpected reply from the ${script} script: ${JSON.stringify(reply)}`);
 
-// The store's hot calls, as functions of the client and the call's arguments (no closure per call). Each
-// builds the message id `msgid:<queue>:<uuid>` once; the scripts build the keys from it.
-const claimCall = (redis: ScriptedRedis, ref: MessageRef, params: ClaimParams): Promise<unknown> =>
-  redis.beetleClaim(msgId(ref), String(params.expiresAt), String(params.timeoutAt));
-
-const completeCall = (redis: ScriptedRedis, ref: MessageRef): Promise<'OK'> => {
-  const id = msgId(ref);
-  return redis.mset(`${id}:status`, 'completed', `${id}:timeout`, '0');
+/** A value of Ruby's MGET: a string read with `to_i`, or nil. */
+const optionalInt = (value: unknown): number | undefined => {
+  if (typeof value === 'string') return rubyToI(value);
+  if (typeof value === 'number') return value;
+  return undefined;
 };
 
-/** All 8 keys of a message deleted with one plain DEL (Ruby's cleanup, without a script around it). */
-const deleteAllCall = (redis: ScriptedRedis, ref: MessageRef): Promise<number> =>
-  redis.del(...allKeysOf(ref));
+/** Calls made in this tick are sent at its end (then written with the connection's next flush). */
+const thisTick: Schedule = (flush) => process.nextTick(flush);
+
+/**
+ * When a call that may delete a message's keys is sent: after the caller's broker ack has been written. The
+ * ack must leave first: a process killed in between would lose the ack after the keys were gone, and the
+ * message would run again. amqplib hands a tick's frames to the socket in the check phase, from an immediate
+ * its muxer schedules in a later tick of the ack (the stream's 'readable'); an immediate scheduled from a
+ * later tick still runs after it. The write then waits for the next flush of the connection's corked socket.
+ */
+const afterAcks: Schedule = (flush) => process.nextTick(() => setImmediate(flush));
+
+/** Most messages per batched command: bounds a script's run time on the server and the size of a command. */
+const MAX_BATCH = 100;
+
+interface ClaimItem {
+  readonly ref: MessageRef;
+  readonly params: ClaimParams;
+}
+
+const claimBatch = (redis: ScriptedRedis, items: readonly ClaimItem[]): Promise<unknown> => {
+  const args: string[] = [String(items.length)];
+  for (const { ref } of items) args.push(msgId(ref));
+  for (const { params } of items) args.push(String(params.expiresAt), String(params.timeoutAt));
+  return redis.beetleClaim(...args);
+};
+
+const completeBatch = (redis: ScriptedRedis, refs: readonly MessageRef[]): Promise<'OK'> => {
+  const args: string[] = [];
+  for (const ref of refs) {
+    const id = msgId(ref);
+    args.push(`${id}:status`, 'completed', `${id}:timeout`, '0');
+  }
+  return redis.mset(args);
+};
+
+/** All 8 keys of each message deleted with one plain DEL (Ruby's cleanup, without a script around it). */
+const deleteAllBatch = (redis: ScriptedRedis, refs: readonly MessageRef[]): Promise<number> => {
+  const keys: string[] = [];
+  for (const ref of refs) keys.push(...allKeysOf(ref));
+  return redis.del(keys);
+};
 
 const acknowledgedCall = (
   redis: ScriptedRedis,
@@ -138,11 +175,23 @@ const acknowledgedCall = (
   args: readonly [string, string, string],
 ): Promise<unknown> => redis.beetleAcknowledged(msgId(ref), args[0], args[1], args[2]);
 
-/** A value of Ruby's MGET: a string read with `to_i`, or nil. */
-const optionalInt = (value: unknown): number | undefined => {
-  if (typeof value === 'string') return rubyToI(value);
-  if (typeof value === 'number') return value;
-  return undefined;
+/** The result of one message of a claim batch (see the CLAIM script). */
+const claimResult = (entry: unknown): ClaimResult | Error => {
+  if (!Array.isArray(entry)) return unexpected('claim', entry);
+  if (entry[0] === 1 && typeof entry[1] === 'number') return { first: true, attempts: entry[1] };
+  if (entry[0] === -1) return new Error(`claim failed: ${String(entry[1])}`);
+  if (entry[0] !== 0 || entry.length !== 6) return unexpected('claim', entry);
+  const [, status, delay, timeout, attempts, exceptions] = entry as unknown[];
+  return {
+    first: false,
+    state: {
+      status: typeof status === 'string' ? status : undefined,
+      delay: optionalInt(delay),
+      timeout: optionalInt(timeout),
+      attempts: optionalInt(attempts) ?? 0,
+      exceptions: optionalInt(exceptions) ?? 0,
+    },
+  };
 };
 
 /**
@@ -163,6 +212,9 @@ export class RedisDedupStore implements DedupStore {
     readonly redundant: readonly [string, string, string];
     readonly single: readonly [string, string, string];
   };
+  private readonly claims: Batcher<ClaimItem, ClaimResult>;
+  private readonly completions: Batcher<MessageRef, undefined>;
+  private readonly deletions: Batcher<MessageRef, undefined>;
 
   constructor(options: RedisDedupStoreOptions = {}) {
     const interval = seconds('statusKeyExpiryInterval', options.statusKeyExpiryInterval, 0);
@@ -197,6 +249,32 @@ export class RedisDedupStore implements DedupStore {
         seconds('masterFileCheckInterval', options.masterFileCheckInterval, 1) * 1000,
       logger: options.logger ?? silentLogger,
     });
+    const connection = this.connection;
+    this.claims = new Batcher(
+      async (items) => {
+        const reply = await connection.run('claim', claimBatch, items);
+        if (!Array.isArray(reply) || reply.length !== items.length) throw unexpected('claim', reply);
+        return reply.map(claimResult);
+      },
+      MAX_BATCH,
+      thisTick,
+    );
+    this.completions = new Batcher(
+      async (refs) => {
+        await connection.run('complete', completeBatch, refs);
+        return new Array<undefined>(refs.length).fill(undefined);
+      },
+      MAX_BATCH,
+      thisTick,
+    );
+    this.deletions = new Batcher(
+      async (refs) => {
+        await connection.run('acknowledged', deleteAllBatch, refs);
+        return new Array<undefined>(refs.length).fill(undefined);
+      },
+      MAX_BATCH,
+      afterAcks,
+    );
   }
 
   /** A store configured from core's configuration fields (Ruby names and units). */
@@ -232,22 +310,8 @@ export class RedisDedupStore implements DedupStore {
     return reply === 'OK';
   }
 
-  async claim(ref: MessageRef, params: ClaimParams): Promise<ClaimResult> {
-    const reply = await this.connection.run('claim', claimCall, ref, params);
-    if (!Array.isArray(reply)) throw unexpected('claim', reply);
-    if (reply[0] === 1 && typeof reply[1] === 'number') return { first: true, attempts: reply[1] };
-    if (reply[0] !== 0 || reply.length !== 6) throw unexpected('claim', reply);
-    const [, status, delay, timeout, attempts, exceptions] = reply as unknown[];
-    return {
-      first: false,
-      state: {
-        status: typeof status === 'string' ? status : undefined,
-        delay: optionalInt(delay),
-        timeout: optionalInt(timeout),
-        attempts: optionalInt(attempts) ?? 0,
-        exceptions: optionalInt(exceptions) ?? 0,
-      },
-    };
+  claim(ref: MessageRef, params: ClaimParams): Promise<ClaimResult> {
+    return this.claims.add({ ref, params });
   }
 
   async acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
@@ -263,9 +327,9 @@ export class RedisDedupStore implements DedupStore {
     return reply > 0 ? { acquired: true, attempts: reply } : { acquired: false };
   }
 
-  async complete(ref: MessageRef): Promise<void> {
-    // Ruby's `completed!`, a single command.
-    await this.connection.run('complete', completeCall, ref);
+  complete(ref: MessageRef): Promise<void> {
+    // Ruby's `completed!`, a single command (shared with the other completions of the tick).
+    return this.completions.add(ref);
   }
 
   async fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
@@ -304,12 +368,13 @@ export class RedisDedupStore implements DedupStore {
     // Nothing to count: a non-redundant message, or both acks of a redundant one at once (the count reaches 2
     // whatever it was). Without a status-key expiry that is Ruby's DEL of all keys, no script needed.
     if ((!params.redundant || acks >= 2) && this.statusKeyExpiryInterval <= 0) {
-      await this.connection.run('acknowledged', deleteAllCall, ref);
+      await this.deletions.add(ref);
       return;
     }
     const { redundant, single } = this.acknowledgedArgs;
     let args = params.redundant ? redundant : single;
     if (params.redundant && acks > 1) args = ['1', redundant[1], String(acks)];
+    await new Promise<void>((resolve) => afterAcks(resolve));
     await this.connection.run('acknowledged', acknowledgedCall, ref, args);
   }
 

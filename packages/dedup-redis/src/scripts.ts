@@ -27,6 +27,7 @@ end
 `;
 
 export interface ScriptDefinition {
+  /** -1: the call passes the number of keys first (a script over several messages). */
   readonly numberOfKeys: number;
   readonly lua: string;
 }
@@ -42,19 +43,33 @@ local p = KEYS[1]
 `;
 
 /**
- * First sighting or state. KEYS: the message id. ARGV: expires_at, timeout_at. Returns `{1, attempts}` when
- * MSETNX succeeded (and attempts was incremented), else `{0, status, delay, timeout, attempts, exceptions}`
- * (Ruby's MGET, nil for missing keys).
+ * First sighting or state, for one or more messages at once (claims made in the same tick share a call).
+ * KEYS: the message ids. ARGV: expires_at and timeout_at of each message, in KEYS order. Returns one entry per
+ * message: `{1, attempts}` when MSETNX succeeded (and attempts was incremented), else
+ * `{0, status, delay, timeout, attempts, exceptions}` (Ruby's MGET, nil for missing keys), or `{-1, error}`
+ * when that message's INCR failed (a non-integer `attempts` left by someone else): the other messages of the
+ * call are not affected.
  */
 export const CLAIM: ScriptDefinition = {
-  numberOfKeys: 1,
-  lua: `${LUA_KEYS}
-local status, expires, timeout, attempts = p .. ':status', p .. ':expires', p .. ':timeout', p .. ':attempts'
-if redis.call('msetnx', status, 'incomplete', expires, ARGV[1], timeout, ARGV[2]) == 1 then
-  return {1, redis.call('incr', attempts)}
+  numberOfKeys: -1,
+  lua: `
+local out = {}
+for i = 1, #KEYS do
+  local p = KEYS[i]
+  local status, expires, timeout, attempts = p .. ':status', p .. ':expires', p .. ':timeout', p .. ':attempts'
+  if redis.call('msetnx', status, 'incomplete', expires, ARGV[2 * i - 1], timeout, ARGV[2 * i]) == 1 then
+    local count = redis.pcall('incr', attempts)
+    if type(count) == 'table' then
+      out[i] = {-1, count.err}
+    else
+      out[i] = {1, count}
+    end
+  else
+    local state = redis.call('mget', status, p .. ':delay', timeout, attempts, p .. ':exceptions')
+    out[i] = {0, state[1], state[2], state[3], state[4], state[5]}
+  end
 end
-local state = redis.call('mget', status, p .. ':delay', timeout, attempts, p .. ':exceptions')
-return {0, state[1], state[2], state[3], state[4], state[5]}
+return out
 `,
 };
 

@@ -256,4 +256,98 @@ describe('round trips on a Redis of our own', () => {
       await store.close();
     }
   });
+
+  it('the claims, completions and cleanups of one tick go in one command each, Ruby’s commands per message', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      await store.ping();
+      const now = nowSeconds();
+      const refs = Array.from({ length: 150 }, () => ({ queue: 'test', uuid: randomUUID() }));
+      const observed = await observe(async () => {
+        const claims = await Promise.all(
+          refs.map((ref) => store.claim(ref, { expiresAt: now + 60, timeoutAt: now + 600 })),
+        );
+        expect(claims.every((c) => c.first && c.attempts === 1)).toBe(true);
+        await Promise.all(refs.map((ref) => store.complete(ref)));
+        await Promise.all(refs.map((ref) => store.acknowledged(ref, { redundant: true, acks: 2 })));
+      });
+      // 150 messages: claims in 2 script calls (at most 100 messages each; the first loads the script with
+      // EVAL), 2 MSETs, 2 DELs.
+      expect(observed.topLevel.map((args) => args[0]!.toLowerCase().replace(/^eval$/, 'evalsha'))).toEqual([
+        'evalsha',
+        'evalsha',
+        'mset',
+        'mset',
+        'del',
+        'del',
+      ]);
+      expect(observed.topLevel[0]!.slice(2, 4)).toEqual(['100', `msgid:test:${refs[0]!.uuid}`]);
+      // Inside the scripts, per message, Ruby's MSETNX and INCR.
+      expect(observed.stats.get('msetnx')).toBe(150);
+      expect(observed.stats.get('incr')).toBe(150);
+      const p = `msgid:test:${refs[149]!.uuid}`;
+      expect(observed.topLevel[3]!.slice(-4)).toEqual([`${p}:status`, 'completed', `${p}:timeout`, '0']);
+      for (const ref of refs) expect(await store.inspect(ref)).toEqual({});
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a claim that fails for one message (a non-integer attempts key) fails it alone', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    const data = rawClient(server.address, 4);
+    try {
+      await store.ping();
+      const now = nowSeconds();
+      const refs = Array.from({ length: 3 }, () => ({ queue: 'test', uuid: randomUUID() }));
+      await data.set(`msgid:test:${refs[1]!.uuid}:attempts`, 'garbage');
+      const results = await Promise.allSettled(
+        refs.map((ref) => store.claim(ref, { expiresAt: now + 60, timeoutAt: now + 600 })),
+      );
+      expect(results[0]).toEqual({ status: 'fulfilled', value: { first: true, attempts: 1 } });
+      expect(results[1]!.status).toBe('rejected');
+      expect(String((results[1] as PromiseRejectedResult).reason)).toMatch(/claim failed: .*not an integer/);
+      expect(results[2]).toEqual({ status: 'fulfilled', value: { first: true, attempts: 1 } });
+    } finally {
+      await data.quit();
+      await store.close();
+    }
+  });
+
+  it('a cleanup after the acks leaves one turn of the event loop later (the ack frames go first)', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      await store.ping();
+      const ref = { queue: 'test', uuid: randomUUID() };
+      const order: string[] = [];
+      // What reaches the socket: the store's writes are corked and leave in one _writev (or _write).
+      const stream = (
+        store as unknown as {
+          connection: { client: { stream: Record<'_write' | '_writev', (...args: unknown[]) => void> } };
+        }
+      ).connection.client.stream;
+      for (const method of ['_write', '_writev'] as const) {
+        const original = stream[method];
+        stream[method] = function (this: unknown, ...args: unknown[]) {
+          order.push('redis write');
+          return original.apply(this, args);
+        };
+      }
+      // Another message's call earlier in the tick: its write is waiting to be flushed in the check phase.
+      const now = nowSeconds();
+      const other = store.claim(
+        { queue: 'test', uuid: randomUUID() },
+        { expiresAt: now + 60, timeoutAt: now + 600 },
+      );
+      // As with amqplib: the ack is called first; its frame reaches the socket in the check phase, from an
+      // immediate that amqplib's muxer schedules a tick later.
+      process.nextTick(() => setImmediate(() => order.push('ack frame')));
+      const acknowledged = store.acknowledged(ref, { redundant: false });
+      await Promise.all([other, acknowledged]);
+      // The claim went before the ack frame, the cleanup after it.
+      expect(order).toEqual(['redis write', 'ack frame', 'redis write']);
+    } finally {
+      await store.close();
+    }
+  });
 });
