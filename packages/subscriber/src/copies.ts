@@ -10,7 +10,11 @@
  *   store call after both deliveries were acked. A redundant message whose copies meet in one process thus
  *   costs 3 store calls (claim, complete, acknowledged) instead of 5.
  * - A copy arriving shortly after an earlier copy has left finds the message in a small bounded memory of
- *   recent completions and also skips the claim (4 calls instead of 5).
+ *   recent completions and also skips the claim.
+ * - The first copy here of a redundant message does not record its ack at once: the other copy usually comes
+ *   to this process too, soon (a subscriber consumes every broker). Its ack count is held for up to
+ *   `HOLD_MS` and handed to that copy, which records both acks in one call (a plain DEL of the keys). Held
+ *   counts not taken by then are recorded on their own (`takeDueHeld`), as on stop.
  *
  * Knowing "completed" is safe: a completed status only disappears when the keys are deleted (both acks
  * counted, or garbage collection after `expires_at`), and in both cases asking the store would be worse: it
@@ -18,11 +22,29 @@
  * Ruby's order (the count is recorded after the ack); if this process dies first the keys stay until the
  * garbage collector removes them, which is also what Ruby leaves when it dies between ack and count.
  */
+import type { MessageRef } from '@beetle/core';
 
 /** Recent completions are remembered in two generations of at most this many each (oldest dropped whole). */
 const GENERATION_SIZE = 5_000;
 /** How long a recent completion is remembered (ms). */
 const RECENT_TTL_MS = 60_000;
+/** How long the ack count of a first copy is held for the other copy (ms). */
+export const HOLD_MS = 5_000;
+/** At most this many messages have their ack count held; beyond, acks are recorded at once. */
+const MAX_HELD = 10_000;
+
+/** A message completed here recently; `acks` > 0 while its ack count is held (not recorded in the store). */
+interface Recent {
+  readonly at: number;
+  acks: number;
+  readonly ref: MessageRef | undefined;
+}
+
+/** Acks whose hold ended: the caller records them in the store. */
+export interface DueAcks {
+  readonly ref: MessageRef;
+  readonly acks: number;
+}
 
 export class LocalCopies {
   private readonly tails = new Map<string, CopyLine>();
@@ -31,8 +53,13 @@ export class LocalCopies {
    * one is full it becomes the previous one and the previous is dropped, so remembering costs O(1) and at
    * most 2 × GENERATION_SIZE keys are kept.
    */
-  private current = new Map<string, number>();
-  private previous = new Map<string, number>();
+  private current = new Map<string, Recent>();
+  private previous = new Map<string, Recent>();
+  /** Completions with held acks, oldest first (entries whose acks were taken stay until swept). */
+  private held: Recent[] = [];
+  private heldHead = 0;
+  /** Messages whose ack count is held (by a line about to leave, or in `held`). */
+  private heldCount = 0;
 
   constructor(private readonly nowMs: () => number) {}
 
@@ -41,19 +68,71 @@ export class LocalCopies {
     return this.tails.size;
   }
 
+  /** Messages whose ack count is held here, not yet recorded in the store. */
+  get heldMessages(): number {
+    return this.heldCount;
+  }
+
+  /**
+   * Held acks to record now: those held for `HOLD_MS` or longer (the other copy did not come), or all of them
+   * (`all`, on stop).
+   */
+  takeDueHeld(all = false): DueAcks[] {
+    const now = this.nowMs();
+    const due: DueAcks[] = [];
+    while (this.heldHead < this.held.length) {
+      const entry = this.held[this.heldHead]!;
+      if (!all && now - entry.at < HOLD_MS) break;
+      this.heldHead++;
+      if (entry.acks > 0 && entry.ref !== undefined) {
+        due.push({ ref: entry.ref, acks: entry.acks });
+        entry.acks = 0;
+        this.heldCount--;
+      }
+    }
+    if (this.heldHead === this.held.length) {
+      this.held = [];
+      this.heldHead = 0;
+    } else if (this.heldHead > 1024 && this.heldHead * 2 > this.held.length) {
+      this.held = this.held.slice(this.heldHead);
+      this.heldHead = 0;
+    }
+    return due;
+  }
+
+  /** @internal A line may hold an ack count (false: too many held, the caller records it now). */
+  reserveHold(): boolean {
+    if (this.heldCount >= MAX_HELD) return false;
+    this.heldCount++;
+    return true;
+  }
+
   /**
    * Joins the line of `key`. The returned line's `previous` settles once the copy before it is done
    * (undefined when there is none); `leave()` must be called when this delivery is done (idempotent).
    */
-  enter(key: string): CopyLine {
+  enter(key: string, ref?: MessageRef): CopyLine {
     const before = this.tails.get(key);
-    const line = new CopyLine(this, key, before?.done());
+    const line = new CopyLine(this, key, before?.done(), ref);
     if (before !== undefined) {
       before.next = line;
-      // The copy before has completed the message already and is recording its own ack.
+      // The copy before has completed the message already: recording its own ack, or holding it for this one.
       if (before.completedHere) line.knownCompleted = true;
-    } else if (this.takeRecent(key)) {
-      line.knownCompleted = true;
+      if (before.heldAcks > 0) {
+        line.inheritedAcks += before.heldAcks;
+        before.heldAcks = 0;
+        this.heldCount--;
+      }
+    } else {
+      const recent = this.takeRecent(key);
+      if (recent !== undefined) {
+        line.knownCompleted = true;
+        if (recent.acks > 0) {
+          line.inheritedAcks += recent.acks;
+          recent.acks = 0;
+          this.heldCount--;
+        }
+      }
     }
     this.tails.set(key, line);
     return line;
@@ -62,6 +141,22 @@ export class LocalCopies {
   /** @internal */
   left(line: CopyLine): void {
     if (this.tails.get(line.key) === line) this.tails.delete(line.key);
+    const held = line.heldAcks;
+    if (held > 0) {
+      line.heldAcks = 0;
+      const next = line.next;
+      if (next?.waiting === true) {
+        // The other copy came meanwhile and waits for this one: it records both acks.
+        next.knownCompleted = true;
+        next.inheritedAcks += held;
+        this.heldCount--;
+      } else {
+        const entry: Recent = { at: this.nowMs(), acks: held, ref: line.ref };
+        this.remember(line.key, entry);
+        this.held.push(entry);
+      }
+      return;
+    }
     // Remembered only for the first copy seen here: after a second one, both copies are accounted for.
     if (
       line.completedHere &&
@@ -69,25 +164,27 @@ export class LocalCopies {
       line.previous === undefined &&
       !line.knownCompleted
     ) {
-      this.remember(line.key);
+      this.remember(line.key, { at: this.nowMs(), acks: 0, ref: undefined });
     }
   }
 
-  private remember(key: string): void {
+  private remember(key: string, entry: Recent): void {
     if (this.current.size >= GENERATION_SIZE) {
+      // Held acks of dropped entries stay in `held` and are recorded when due.
       this.previous = this.current;
       this.current = new Map();
     }
-    this.current.set(key, this.nowMs());
+    this.current.set(key, entry);
   }
 
-  private takeRecent(key: string): boolean {
-    const at = this.current.get(key) ?? this.previous.get(key);
-    if (at === undefined) return false;
+  private takeRecent(key: string): Recent | undefined {
+    const entry = this.current.get(key) ?? this.previous.get(key);
+    if (entry === undefined) return undefined;
     // Two copies per message: the other one has come.
     this.current.delete(key);
     this.previous.delete(key);
-    return this.nowMs() - at <= RECENT_TTL_MS;
+    // Past the TTL the memory is not trusted; any held acks (not possible: HOLD_MS < TTL) stay in `held`.
+    return this.nowMs() - entry.at <= RECENT_TTL_MS ? entry : undefined;
   }
 }
 
@@ -99,6 +196,8 @@ export class CopyLine {
   inheritedAcks = 0;
   /** This copy ended with the message completed and its delivery acked. */
   completedHere = false;
+  /** @internal Acks of this copy held for the other copy (see `completed`), handed on when it leaves. */
+  heldAcks = 0;
   /** @internal The copy that arrived after this one. */
   next: CopyLine | undefined;
   /** Still waiting for the copy before it (has not looked at the store yet). */
@@ -111,6 +210,8 @@ export class CopyLine {
     private readonly copies: LocalCopies,
     readonly key: string,
     readonly previous: Promise<void> | undefined,
+    /** The message in the store; without it acks are never held. */
+    readonly ref?: MessageRef,
   ) {
     if (previous === undefined) this.waiting = false;
   }
@@ -126,16 +227,31 @@ export class CopyLine {
   }
 
   /**
-   * This copy was acked and the message is completed in the store: tells the next copy, and hands it
-   * `acks` acks to record with its own if it is still waiting. Returns whether it took the acks (the caller
-   * then records nothing).
+   * This copy (of a redundant message) was acked and the message is completed in the store: tells the next
+   * copy, and hands it `acks` acks to record with its own if it is still waiting. A first copy seen here
+   * whose handler ran here otherwise holds its acks for the other copy (see `LocalCopies`); a copy that found
+   * the message completed by another process records at once. Returns whether the acks were taken over (the
+   * caller then records nothing).
    */
-  completed(acks: number): boolean {
+  completed(acks: number, handlerRan = false): boolean {
     this.completedHere = true;
     const next = this.next;
-    if (next === undefined || !next.waiting) return false;
-    next.knownCompleted = true;
-    next.inheritedAcks += acks;
+    if (next !== undefined) {
+      if (!next.waiting) return false;
+      next.knownCompleted = true;
+      next.inheritedAcks += acks;
+      return true;
+    }
+    if (
+      !handlerRan ||
+      this.ref === undefined ||
+      this.previous !== undefined ||
+      this.knownCompleted ||
+      !this.copies.reserveHold()
+    ) {
+      return false;
+    }
+    this.heldAcks += acks;
     return true;
   }
 

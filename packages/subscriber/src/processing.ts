@@ -124,10 +124,11 @@ export interface CopyKnowledge {
   /** Acks of earlier copies not recorded in the store yet, to record with this copy's (resets the count). */
   takeInheritedAcks(): number;
   /**
-   * This copy was acked and the message is completed: returns true when a later copy waiting here takes
-   * over recording these `acks` acks (with its own), false when the caller must record them now.
+   * This copy was acked and the message is completed: returns true when this process takes over recording
+   * these `acks` acks (a later copy waiting here records them with its own, or, when `handlerRan` here, they
+   * are held for the other copy, expected soon), false when the caller must record them now.
    */
-  completed(acks: number): boolean;
+  completed(acks: number, handlerRan: boolean): boolean;
 }
 
 export interface ProcessResult {
@@ -546,7 +547,7 @@ class Processing {
     }
     const acks = (acked ? 1 : 0) + (copy?.takeInheritedAcks() ?? 0);
     if (acks === 0) return;
-    if (redundant && acked && copy?.completed(acks) === true) return;
+    if (redundant && acked && copy?.completed(acks, this.handlerCalled) === true) return;
     await this.params.store.acknowledged(ref, { redundant, acks });
   }
 

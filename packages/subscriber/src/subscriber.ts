@@ -25,7 +25,7 @@ import {
   type SubscriberPool,
 } from './broker.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
-import { LocalCopies, type CopyLine } from './copies.js';
+import { LocalCopies, type CopyLine, type DueAcks } from './copies.js';
 import type { SubscriberErrorEvent, SubscriberEvents } from './events.js';
 import { resolveHandler, type Handler, type HandlerOptions, type ResolvedHandler } from './handler.js';
 import { processDelivery, type DeliverySettler } from './processing.js';
@@ -116,6 +116,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   /** Deliveries waiting for a copy in flight: their wake-up (`false`: stop) and when to stop waiting. */
   private readonly copyWaits = new Map<(go: boolean) => void, { until: number; queue: string }>();
   private copySweep: TimerHandle = undefined;
+  /** Records held ack counts whose hold is over (see `LocalCopies`); runs while any are held. */
+  private heldSweep: TimerHandle = undefined;
   /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
   private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery) =>
     this.reject(channel, queue, delivery);
@@ -252,7 +254,10 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     // Decoded once here (for the in-flight key) and handed on to the state machine.
     const decoded = decodeMessage(delivery, { queue: queue.amqpName, server });
     const key = inFlightKey(queue, decoded);
-    const line = key === undefined ? undefined : this.copies.enter(key);
+    const line =
+      key === undefined || !decoded.ok
+        ? undefined
+        : this.copies.enter(key, { queue: queue.amqpName, uuid: decoded.message.uuid });
     const tracked = this.runDelivery(server, channel, queue, delivery, decoded, line);
     this.inFlight.add(tracked);
     void tracked.finally(() => this.inFlight.delete(tracked));
@@ -288,6 +293,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
         if (line !== undefined && decoded.ok)
           await this.recordInheritedAcks(line, queue, decoded.message.uuid);
         line?.leave();
+        if (this.copies.heldMessages > 0) this.scheduleHeldSweep();
       }
     } catch (error) {
       this.logger.error({ err: error, server, queue: queue.name }, 'unexpected error handling a delivery');
@@ -387,6 +393,35 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     }, COPY_SWEEP_MS);
   }
 
+  /** Once a second while ack counts are held: records those whose hold is over. */
+  private scheduleHeldSweep(): void {
+    if (this.heldSweep !== undefined || this.stopping) return;
+    this.heldSweep = this.clock.setTimeout(() => {
+      this.heldSweep = undefined;
+      void this.recordHeldAcks(this.copies.takeDueHeld());
+      if (this.copies.heldMessages > 0) this.scheduleHeldSweep();
+    }, COPY_SWEEP_MS);
+  }
+
+  /**
+   * Records ack counts held for a copy that did not come (in time). Errors are logged: the keys then stay
+   * until the garbage collector removes them.
+   */
+  private async recordHeldAcks(due: readonly DueAcks[]): Promise<void> {
+    await Promise.all(
+      due.map(async ({ ref, acks }) => {
+        try {
+          await this.store.acknowledged(ref, { redundant: true, acks });
+        } catch (error) {
+          this.logger.error(
+            { err: error, queue: ref.queue, uuid: ref.uuid, acks },
+            'could not record a held ack count; the dedup keys stay until garbage collected',
+          );
+        }
+      }),
+    );
+  }
+
   /**
    * Records acks an earlier copy handed over that this delivery did not record with its own (it was not
    * acked as completed: stopped while waiting, expired, ...). Errors are logged: the keys then stay until the
@@ -472,7 +507,11 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       this.stopController.abort(new ClosedError('subscriber stopped'));
       await this.drain(ABANDON_GRACE_MS);
     }
-    // 4. Requeue what waits for its requeue delay, then close the channels (unsettled deliveries return).
+    // 4. Ack counts held for copies that will not come now are recorded.
+    if (this.heldSweep !== undefined) this.clock.clearTimeout(this.heldSweep);
+    this.heldSweep = undefined;
+    await this.recordHeldAcks(this.copies.takeDueHeld(true));
+    // 5. Requeue what waits for its requeue delay, then close the channels (unsettled deliveries return).
     for (const [handle, fire] of [...this.requeues]) {
       this.clock.clearTimeout(handle);
       fire();

@@ -22,6 +22,7 @@ import {
 import { getEventListeners } from 'node:events';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, flush, rawDelivery, recordingStore } from './helpers.js';
+import { HOLD_MS } from '../src/copies.js';
 
 /** A consumer channel that records everything and lets the test deliver messages or kill it. */
 class FakeChannel implements SubscriberChannel {
@@ -534,6 +535,72 @@ describe('Subscriber: copies of a message in flight in this process', () => {
     expect(log).toEqual(['store.claim', 'store.complete', 'store.acknowledged']);
     expect(store.size).toBe(0);
     await sub.stop();
+  });
+
+  describe('the ack count of a first copy is held for its twin', () => {
+    const setUp = async (): Promise<{ sub: Subscriber; log: string[]; runs: () => number }> => {
+      const log: string[] = [];
+      const config = createConfig({ servers: [A, B], subscriberConcurrency: 4 });
+      const sub = new Subscriber({ config, topology, store: recordingStore(store, log), pool, clock });
+      let runs = 0;
+      sub.register('orders', () => {
+        runs++;
+      });
+      await sub.listen();
+      return { sub, log, runs: () => runs };
+    };
+    const refOf = (copy: EncodeOptions) => ({ queue: 'orders', uuid: copy.messageId! });
+
+    it('a twin arriving after the first copy left records both acks in one call', async () => {
+      const { sub, log, runs } = await setUp();
+      const copy = { ...id(), redundant: true };
+      const tagA = pool.channel(A).deliver('orders', 'x', copy);
+      await flush();
+      expect(pool.channel(A).acked).toEqual([tagA]);
+      expect(log).toEqual(['store.claim', 'store.complete']); // the ack count is held
+      expect(await store.inspect(refOf(copy))).toMatchObject({ status: 'completed' });
+      await clock.advance(HOLD_MS / 2);
+      const tagB = pool.channel(B).deliver('orders', 'x', copy);
+      await flush();
+      expect(pool.channel(B).acked).toEqual([tagB]);
+      expect(runs()).toBe(1);
+      // One acknowledged call counting both acks: the keys are gone.
+      expect(log).toEqual(['store.claim', 'store.complete', 'store.acknowledged']);
+      expect(store.size).toBe(0);
+      await clock.advance(HOLD_MS);
+      expect(log).toHaveLength(3);
+      await sub.stop();
+    });
+
+    it('a held count whose twin does not come is recorded after the hold, as one ack', async () => {
+      const { sub, log } = await setUp();
+      const copy = { ...id(), redundant: true };
+      pool.channel(A).deliver('orders', 'x', copy);
+      await flush();
+      expect(log).toEqual(['store.claim', 'store.complete']);
+      await clock.advance(HOLD_MS + 1000);
+      await flush();
+      expect(log).toEqual(['store.claim', 'store.complete', 'store.acknowledged']);
+      expect(await store.inspect(refOf(copy))).toMatchObject({ status: 'completed', ack_count: '1' });
+      expect(clock.pendingTimers).toBe(0); // the sweep stops when nothing is held
+      // The twin, late: known completed, acked, its ack counted: the keys are gone.
+      pool.channel(B).deliver('orders', 'x', copy);
+      await flush();
+      expect(store.size).toBe(0);
+      await sub.stop();
+    });
+
+    it('stop records the held counts', async () => {
+      const { sub, log } = await setUp();
+      const copy = { ...id(), redundant: true };
+      pool.channel(A).deliver('orders', 'x', copy);
+      await flush();
+      expect(log).toEqual(['store.claim', 'store.complete']);
+      await sub.stop();
+      expect(log).toEqual(['store.claim', 'store.complete', 'store.acknowledged']);
+      expect(await store.inspect(refOf(copy))).toMatchObject({ ack_count: '1' });
+      expect(clock.pendingTimers).toBe(0);
+    });
   });
 
   it('a copy stops waiting after the handler timeout + 10 s when the copy before hangs in a hook', async () => {
