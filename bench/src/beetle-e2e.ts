@@ -6,7 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
-import { Outcome, Topology, createConfig } from '@beetle/core';
+import { Outcome, Topology, createConfig, type DedupStore } from '@beetle/core';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Publisher } from '@beetle/publisher';
 import { Subscriber } from '@beetle/subscriber';
@@ -35,11 +35,29 @@ export interface BeetleE2eOptions {
   /** Default {@link PREFETCH} / {@link CONCURRENCY}. */
   readonly prefetch?: number;
   readonly concurrency?: number;
+  /** Count the subscriber's store calls per method (`storeCalls`); off in the throughput runs. */
+  readonly countStoreCalls?: boolean;
 }
 
 export interface BeetleE2eHarness extends E2eHarness {
   /** Outcomes of the last run (processed events). */
   readonly outcomes: Map<string, number>;
+  /** Store calls of the last run by method (with `countStoreCalls`): each waits for one Redis reply. */
+  readonly storeCalls: Map<string, number>;
+}
+
+/** `store` with every method call counted in `calls`. */
+function countingStore(store: DedupStore, calls: Map<string, number>): DedupStore {
+  return new Proxy(store, {
+    get(target, property, receiver) {
+      const value: unknown = Reflect.get(target, property, receiver);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]): unknown => {
+        calls.set(String(property), (calls.get(String(property)) ?? 0) + 1);
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
 }
 
 /** FLUSHDB of the benchmark database. */
@@ -69,7 +87,12 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
     rejectRequeueDelay: options.rejectRequeueDelay,
   });
   const store = new RedisDedupStore({ redisServer: options.redisServer, db: BENCH_REDIS_DB });
-  const subscriber = new Subscriber({ config, topology, store });
+  const storeCalls = new Map<string, number>();
+  const subscriber = new Subscriber({
+    config,
+    topology,
+    store: options.countStoreCalls === true ? countingStore(store, storeCalls) : store,
+  });
   const publisher = new Publisher({ config, topology });
 
   let seq = 0;
@@ -109,6 +132,7 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
     latencies.length = 0;
     processing.length = 0;
     outcomes.clear();
+    storeCalls.clear();
     started.clear();
     const meters = startMeters();
     const t0 = performance.now();
@@ -136,6 +160,7 @@ export async function beetleE2e(options: BeetleE2eOptions): Promise<BeetleE2eHar
       `subscriberConcurrency ${config.subscriberConcurrency}, rejectRequeueDelay ${config.rejectRequeueDelay} s; ` +
       `RedisDedupStore ${options.redisServer} db ${BENCH_REDIS_DB}; empty handler`,
     outcomes,
+    storeCalls,
     run,
     async close() {
       await publisher.close();

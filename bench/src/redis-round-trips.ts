@@ -1,8 +1,11 @@
 /**
  * Redis traffic per redundant message, end to end (both copies, both brokers, the real Subscriber): runs the
  * Beetle end-to-end workload against a private Redis (so nobody else's commands are counted) and reads
+ * - the subscriber's store calls: each waits for one Redis reply, so their number per message is the round
+ *   trips a message costs;
  * - `INFO commandstats` deltas: every command executed, the ones run inside Lua scripts included;
- * - MONITOR: which commands clients sent (one per round trip; source != "lua") and which ran in scripts.
+ * - MONITOR: which commands clients sent (source != "lua"); the store sends the calls of one tick as one
+ *   command per step, so there are far fewer commands than round trips.
  * Falls back to the configured Redis (commandstats only, possibly polluted by other clients) when no private
  * Redis can be started.
  */
@@ -17,15 +20,19 @@ export interface RoundTripResult {
   readonly messages: number;
   readonly redis: string;
   readonly private: boolean;
-  /** Commands sent by clients per redundant message (both copies together); undefined without MONITOR. */
-  readonly clientRoundTrips: number | undefined;
+  /** Store calls per redundant message (both copies together): the Redis round trips a message waits for. */
+  readonly roundTrips: number;
   /**
-   * `clientRoundTrips` without the extra claim of each copy that was handed back (`HandlerNotYetTimedOut`: it
+   * `roundTrips` without the extra claim of each copy that was handed back (`HandlerNotYetTimedOut`: it
    * arrived while its twin's handler ran, and was requeued and claimed again): the happy path.
    */
-  readonly happyPathRoundTrips: number | undefined;
-  /** Copies handed back per message in the MONITOR run. */
-  readonly requeuedPerMessage: number | undefined;
+  readonly happyPathRoundTrips: number;
+  /** Copies handed back per message. */
+  readonly requeuedPerMessage: number;
+  /** Store calls per message, by method. */
+  readonly storeCalls: Record<string, number>;
+  /** Commands sent by clients per redundant message (MONITOR); undefined without a private Redis. */
+  readonly commandsSent: number | undefined;
   /** Commands executed per redundant message, script-internal ones included (commandstats). */
   readonly commandsExecuted: number;
   readonly clientCommands: Record<string, number>;
@@ -78,7 +85,7 @@ export async function redisRoundTrips(
   const admin = new Redis({ host, port, lazyConnect: true });
   await admin.connect();
   const messages = Math.min(options.messages, 2000);
-  const harness = await beetleE2e({ servers, redisServer: redis });
+  const harness = await beetleE2e({ servers, redisServer: redis, countStoreCalls: true });
   try {
     await harness.run(Math.min(500, messages)); // warm-up: connections, script loading
     await sleep(200);
@@ -89,6 +96,10 @@ export async function redisRoundTrips(
     await sleep(300);
     const cpuAfter = await serverCpuSeconds(admin);
     const after = await commandCalls(admin);
+    const storeCalls = perMessage(harness.storeCalls, messages);
+    const rejected = [...harness.outcomes]
+      .filter(([outcome]) => outcome !== 'OK')
+      .reduce((sum, [, n]) => sum + n, 0);
     // 2. The same workload again under MONITOR: what the clients sent (private Redis only).
     const client = new Map<string, number>();
     if (handle !== undefined) {
@@ -105,18 +116,16 @@ export async function redisRoundTrips(
     for (const [name, n] of after) executed.set(name, n - (before.get(name) ?? 0));
     const clientCommands = perMessage(client, messages);
     const executedCommands = perMessage(executed, messages);
-    const rejected = [...harness.outcomes]
-      .filter(([outcome]) => outcome !== 'OK')
-      .reduce((sum, [, n]) => sum + n, 0);
-    const clientRoundTrips = handle === undefined ? undefined : total(clientCommands);
+    const roundTrips = total(storeCalls);
     return {
       messages,
       redis,
       private: handle !== undefined,
-      clientRoundTrips,
-      happyPathRoundTrips:
-        clientRoundTrips === undefined ? undefined : round(clientRoundTrips - rejected / messages, 2),
-      requeuedPerMessage: handle === undefined ? undefined : round(rejected / messages, 3),
+      roundTrips,
+      happyPathRoundTrips: round(roundTrips - rejected / messages, 2),
+      requeuedPerMessage: round(rejected / messages, 3),
+      storeCalls,
+      commandsSent: handle === undefined ? undefined : total(clientCommands),
       commandsExecuted: total(executedCommands),
       clientCommands,
       executedCommands,
