@@ -535,10 +535,9 @@ export class RedisConnection {
     client.on('connect', () => {
       lastData.at = Date.now();
       client.stream.on('data', received);
-      // Flushed in the check phase (setImmediate), as ioredis' auto-pipelining did, not at the end of the
-      // tick: amqplib writes an ack in the check phase too, so a store call made right after an ack (e.g. the
-      // DEL once both copies are acked) leaves in the same phase as the ack frame, not a whole loop turn
-      // earlier. A process killed in between would otherwise lose the ack after the keys were deleted.
+      // Flushed in the check phase (setImmediate), as ioredis' auto-pipelining did: the store's batches,
+      // sent at the end of a tick, leave in the same write. The store itself holds back calls that may delete
+      // keys until the broker acks are written (see `afterAcks` in the store).
       coalesceWrites(client.stream, setImmediate);
     });
     client.on('error', (error: Error) => {

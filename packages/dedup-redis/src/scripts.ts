@@ -1,5 +1,6 @@
 /**
- * The Lua scripts behind the store's steps, one script call (one round trip) per step. Each script runs the
+ * The Lua scripts behind the store's steps, one script call (one round trip) per step (the claim script takes
+ * the claims of several messages at once). Each script runs the
  * very commands Ruby Beetle sends one by one (reference §4.4, §12), atomically, on the keys Ruby uses. A
  * script gets the message id `msgid:<queue>:<uuid>` as its only KEYS entry and builds the message's keys from
  * it: Redis Cluster is not a target (Ruby's key schema has no hash tag, so a message's keys would not share a
