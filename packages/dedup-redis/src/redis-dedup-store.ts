@@ -175,6 +175,22 @@ const acknowledgedCall = (
   args: readonly [string, string, string],
 ): Promise<unknown> => redis.beetleAcknowledged(msgId(ref), args[0], args[1], args[2]);
 
+/** Batches of a plain command whose reply answers every message in it. */
+const commandBatcher = (
+  connection: RedisConnection,
+  operation: string,
+  call: (redis: ScriptedRedis, refs: readonly MessageRef[]) => Promise<unknown>,
+  schedule: Schedule,
+): Batcher<MessageRef, undefined> =>
+  new Batcher(
+    async (refs) => {
+      await connection.run(operation, call, refs);
+      return new Array<undefined>(refs.length).fill(undefined);
+    },
+    MAX_BATCH,
+    schedule,
+  );
+
 /** The result of one message of a claim batch (see the CLAIM script). */
 const claimResult = (entry: unknown): ClaimResult | Error => {
   if (!Array.isArray(entry)) return unexpected('claim', entry);
@@ -260,22 +276,8 @@ export class RedisDedupStore implements DedupStore {
       MAX_BATCH,
       thisTick,
     );
-    this.completions = new Batcher(
-      async (refs) => {
-        await connection.run('complete', completeBatch, refs);
-        return new Array<undefined>(refs.length).fill(undefined);
-      },
-      MAX_BATCH,
-      thisTick,
-    );
-    this.deletions = new Batcher(
-      async (refs) => {
-        await connection.run('acknowledged', deleteAllBatch, refs);
-        return new Array<undefined>(refs.length).fill(undefined);
-      },
-      MAX_BATCH,
-      afterAcks,
-    );
+    this.completions = commandBatcher(connection, 'complete', completeBatch, thisTick);
+    this.deletions = commandBatcher(connection, 'acknowledged', deleteAllBatch, afterAcks);
   }
 
   /** A store configured from core's configuration fields (Ruby names and units). */
