@@ -118,6 +118,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private copySweep: TimerHandle = undefined;
   /** Records held ack counts whose hold is over (see `LocalCopies`); runs while any are held. */
   private heldSweep: TimerHandle = undefined;
+  /** Held counts being recorded by the sweep (awaited by stop, so that the store is not closed under them). */
+  private readonly heldRecordings = new Set<Promise<void>>();
   /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
   private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery) =>
     this.reject(channel, queue, delivery);
@@ -398,7 +400,9 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     if (this.heldSweep !== undefined || this.stopping) return;
     this.heldSweep = this.clock.setTimeout(() => {
       this.heldSweep = undefined;
-      void this.recordHeldAcks(this.copies.takeDueHeld());
+      const recording = this.recordHeldAcks(this.copies.takeDueHeld());
+      this.heldRecordings.add(recording);
+      void recording.finally(() => this.heldRecordings.delete(recording));
       if (this.copies.heldMessages > 0) this.scheduleHeldSweep();
     }, COPY_SWEEP_MS);
   }
@@ -507,10 +511,20 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       this.stopController.abort(new ClosedError('subscriber stopped'));
       await this.drain(ABANDON_GRACE_MS);
     }
-    // 4. Ack counts held for copies that will not come now are recorded.
+    // 4. Ack counts held for copies that will not come now are recorded (within the stop timeout: a store
+    //    that is down would otherwise hold stop() for its failover timeout; the keys then stay until GC).
     if (this.heldSweep !== undefined) this.clock.clearTimeout(this.heldSweep);
     this.heldSweep = undefined;
-    await this.recordHeldAcks(this.copies.takeDueHeld(true));
+    const recorded = Promise.all([
+      this.recordHeldAcks(this.copies.takeDueHeld(true)),
+      ...this.heldRecordings,
+    ]).then(() => true);
+    if (!(await this.within(recorded, timeoutSeconds * 1000))) {
+      this.logger.warn(
+        { timeoutSeconds },
+        'stop timeout: held ack counts not recorded yet; their dedup keys stay until garbage collected',
+      );
+    }
     // 5. Requeue what waits for its requeue delay, then close the channels (unsettled deliveries return).
     for (const [handle, fire] of [...this.requeues]) {
       this.clock.clearTimeout(handle);
@@ -530,15 +544,22 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   /** Resolves true once nothing is in flight, false after `ms`. */
   private async drain(ms: number): Promise<boolean> {
     if (this.inFlight.size === 0) return true;
+    return this.within(
+      (async (): Promise<true> => {
+        while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
+        return true;
+      })(),
+      ms,
+    );
+  }
+
+  /** `done`'s value, or false after `ms`. */
+  private async within(done: Promise<boolean>, ms: number): Promise<boolean> {
     let timer: TimerHandle;
     const timedOut = new Promise<false>((resolve) => {
       timer = this.clock.setTimeout(() => resolve(false), ms);
     });
-    const drained = (async (): Promise<true> => {
-      while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
-      return true;
-    })();
-    const result = await Promise.race([drained, timedOut]);
+    const result = await Promise.race([done, timedOut]);
     this.clock.clearTimeout(timer);
     return result;
   }

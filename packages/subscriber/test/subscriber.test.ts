@@ -590,6 +590,38 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       await sub.stop();
     });
 
+    it('stop waits for held counts at most its timeout (a store that does not answer)', async () => {
+      const warnings: string[] = [];
+      const logger = {
+        debug: () => undefined,
+        info: () => undefined,
+        warn: (...args: unknown[]) => void warnings.push(String(args.find((a) => typeof a === 'string'))),
+        error: () => undefined,
+      };
+      const hanging = new Proxy(store, {
+        get: (target, property, receiver) =>
+          property === 'acknowledged'
+            ? () => new Promise<void>(() => undefined)
+            : (Reflect.get(target, property, receiver) as unknown),
+      });
+      const config = createConfig({ servers: [A, B] });
+      const sub = new Subscriber({ config, topology, store: hanging, pool, clock, logger });
+      sub.register('orders', () => undefined);
+      await sub.listen();
+      pool.channel(A).deliver('orders', 'x', { ...id(), redundant: true });
+      await flush();
+      let stopped = false;
+      const stopping = sub.stop({ timeout: 2 }).then(() => (stopped = true));
+      await flush();
+      await clock.advance(1900);
+      expect(stopped).toBe(false);
+      await clock.advance(200);
+      await stopping;
+      expect(warnings).toContain(
+        'stop timeout: held ack counts not recorded yet; their dedup keys stay until garbage collected',
+      );
+    });
+
     it('stop records the held counts', async () => {
       const { sub, log } = await setUp();
       const copy = { ...id(), redundant: true };
