@@ -153,6 +153,11 @@ export class LocalCopies {
       } else {
         const entry: Recent = { at: this.nowMs(), acks: held, ref: line.ref };
         this.remember(line.key, entry);
+        if (this.held.length - this.heldHead >= 2 * MAX_HELD) {
+          // Mostly entries whose acks a twin took: drop those (at most MAX_HELD still hold acks).
+          this.held = this.held.slice(this.heldHead).filter((e) => e.acks > 0);
+          this.heldHead = 0;
+        }
         this.held.push(entry);
       }
       return;

@@ -165,6 +165,21 @@ describe('LocalCopies', () => {
       expect(local.heldMessages).toBe(0);
     });
 
+    it('the queue of held counts stays bounded when twins take them (no sweep in between)', () => {
+      const { copies: local } = copies();
+      for (let i = 0; i < 50_000; i++) {
+        const first = local.enter(`m${i}:q`, ref(`m${i}`));
+        expect(first.completed(1, true)).toBe(true);
+        first.leave();
+        const twin = local.enter(`m${i}:q`, ref(`m${i}`));
+        expect(twin.takeInheritedAcks()).toBe(1);
+        twin.leave();
+      }
+      expect(local.heldMessages).toBe(0);
+      const queued = (local as unknown as { held: unknown[]; heldHead: number }).held.length;
+      expect(queued).toBeLessThanOrEqual(20_001);
+    });
+
     it('holds at most 10000 ack counts; beyond, the caller records at once', () => {
       const { copies: local } = copies();
       for (let i = 0; i < 10_000; i++) {
