@@ -2,6 +2,8 @@ import { Outcome, Topology, createConfig, type BeetleConfigInput, type DedupStor
 import { RedisDedupStore, type RedisDedupStoreOptions } from '@beetle/dedup-redis';
 import { freePort, startRedis } from '@beetle/test-services';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
+import { Socket } from 'node:net';
+import type { Delivery } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   deleteQueues,
@@ -78,6 +80,90 @@ describe('Subscriber against real brokers and Redis', () => {
 
     await subscriber.stop();
     for (const server of servers) expect(await messageCount(server, queue)).toBe(0);
+  });
+
+  it('writes the ack frames of both copies before the DEL of their keys (300 redundant messages)', async () => {
+    const { queue, subscriber, store, processed } = setup({ subscriberConcurrency: 50 });
+    subscriber.register(queue, () => undefined);
+    await subscriber.listen();
+    const portOf = (address: string): number => Number(address.slice(address.lastIndexOf(':') + 1));
+    const brokerPorts = new Set(servers.map(portOf));
+    const redisPort = portOf(redisServer);
+    // Each delivery's tag on its broker, from the subscriber's entry point.
+    const tagsOf = new Map<string, string[]>(); // uuid -> ["port/tag", ...]
+    const proto = Subscriber.prototype as unknown as Record<'onDelivery', (...args: unknown[]) => void>;
+    const originalOnDelivery = proto.onDelivery;
+    proto.onDelivery = function (this: unknown, ...args: unknown[]) {
+      const [server, , , delivery] = args as [string, unknown, unknown, Delivery];
+      const uuid = String(delivery.properties.messageId);
+      tagsOf.set(uuid, [...(tagsOf.get(uuid) ?? []), `${portOf(server)}/${delivery.fields.deliveryTag}`]);
+      return originalOnDelivery.apply(this, args);
+    };
+    // What reaches the sockets, in the order of the system calls: basic.ack frames and DEL commands.
+    const ackedAt = new Map<string, number>(); // "port/tag" -> write number
+    const deletes: { at: number; uuids: string[] }[] = [];
+    let writes = 0;
+    const record = (socket: Socket, chunks: readonly Buffer[]): void => {
+      const at = ++writes;
+      const data = Buffer.concat(chunks);
+      if (brokerPorts.has(socket.remotePort ?? -1)) {
+        for (const tag of basicAckTags(data)) ackedAt.set(`${socket.remotePort}/${tag}`, at);
+      } else if (socket.remotePort === redisPort) {
+        for (const command of respCommands(data)) {
+          if (command[0]?.toLowerCase() !== 'del') continue;
+          const uuids = command.flatMap((key) => {
+            const match = /^msgid:[^:]+:([^:]+):status$/.exec(key);
+            return match ? [match[1]!] : [];
+          });
+          deletes.push({ at, uuids });
+        }
+      }
+    };
+    const socketProto = Socket.prototype as unknown as Record<
+      '_write' | '_writev',
+      (...args: unknown[]) => void
+    >;
+    const original = { _write: socketProto._write, _writev: socketProto._writev };
+    socketProto._write = function (this: Socket, ...args: unknown[]) {
+      record(this, [Buffer.from(args[0] as Buffer)]);
+      return original._write.apply(this, args);
+    };
+    socketProto._writev = function (this: Socket, ...args: unknown[]) {
+      record(
+        this,
+        (args[0] as { chunk: Buffer | string }[]).map(({ chunk }) => Buffer.from(chunk)),
+      );
+      return original._writev.apply(this, args);
+    };
+    try {
+      const uuids = await publishCopies(
+        servers,
+        queue,
+        Array.from({ length: 300 }, (_, i) => `m${i}`),
+      );
+      await waitFor(() => processed.length === 600, 30_000, 'all copies processed');
+      await waitFor(
+        async () =>
+          (await Promise.all(uuids.map((uuid) => store.inspect({ queue, uuid })))).every(
+            (keys) => Object.keys(keys).length === 0,
+          ),
+        10_000,
+        'all keys deleted',
+      );
+      expect(ackedAt.size).toBe(600); // every copy's ack frame was seen on its socket
+      const deleted = deletes.flatMap((d) => d.uuids);
+      expect(new Set(deleted)).toEqual(new Set(uuids));
+      for (const { at, uuids: inCommand } of deletes) {
+        for (const uuid of inCommand) {
+          const tags = tagsOf.get(uuid) ?? [];
+          expect(tags).toHaveLength(2);
+          for (const tag of tags) expect(ackedAt.get(tag) ?? Infinity).toBeLessThan(at);
+        }
+      }
+    } finally {
+      Object.assign(socketProto, original);
+      proto.onDelivery = originalOnDelivery;
+    }
   });
 
   it('waits while Redis is stalled (SIGSTOP 4 s), then goes on: each message handled once, every copy acked', async () => {
@@ -274,3 +360,47 @@ describe('Subscriber against real brokers and Redis', () => {
     );
   });
 });
+
+/** The delivery tags of the basic.ack frames in `data` (AMQP 0-9-1: method frame, class 60, method 80). */
+function basicAckTags(data: Buffer): bigint[] {
+  const tags: bigint[] = [];
+  let offset = 0;
+  while (offset + 7 <= data.length) {
+    const type = data[offset]!;
+    const size = data.readUInt32BE(offset + 3);
+    if (
+      type === 1 &&
+      size >= 13 &&
+      data.readUInt16BE(offset + 7) === 60 &&
+      data.readUInt16BE(offset + 9) === 80
+    ) {
+      tags.push(data.readBigUInt64BE(offset + 11));
+    }
+    offset += 7 + size + 1; // header, payload, frame end
+  }
+  return tags;
+}
+
+/** The commands (RESP arrays of bulk strings) in `data`, as ioredis writes them. */
+function respCommands(data: Buffer): string[][] {
+  const text = data.toString('latin1');
+  const commands: string[][] = [];
+  let at = 0;
+  const line = (): string => {
+    const end = text.indexOf('\r\n', at);
+    const value = text.slice(at, end);
+    at = end + 2;
+    return value;
+  };
+  while (at < text.length && text[at] === '*') {
+    const count = Number(line().slice(1));
+    const args: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const length = Number(line().slice(1));
+      args.push(text.slice(at, at + length));
+      at += length + 2;
+    }
+    commands.push(args);
+  }
+  return commands;
+}
