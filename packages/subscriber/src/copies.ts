@@ -90,14 +90,21 @@ export class LocalCopies {
         this.heldCount--;
       }
     }
-    if (this.heldHead === this.held.length) {
-      this.held = [];
-      this.heldHead = 0;
-    } else if (this.heldHead > 1024 && this.heldHead * 2 > this.held.length) {
-      this.held = this.held.slice(this.heldHead);
-      this.heldHead = 0;
-    }
+    if (this.heldHead * 2 >= this.held.length) this.compactHeld();
     return due;
+  }
+
+  /** Drops the swept head of `held` and the entries whose acks a twin took (amortised: called when most are). */
+  private compactHeld(): void {
+    this.held = this.held.slice(this.heldHead).filter((entry) => entry.acks > 0);
+    this.heldHead = 0;
+  }
+
+  /** `line` is the other copy: it records the held `acks` with its own. */
+  private inherit(line: CopyLine, acks: number): void {
+    line.knownCompleted = true;
+    line.inheritedAcks += acks;
+    this.heldCount--;
   }
 
   /** @internal A line may hold an ack count (false: too many held, the caller records it now). */
@@ -119,18 +126,16 @@ export class LocalCopies {
       // The copy before has completed the message already: recording its own ack, or holding it for this one.
       if (before.completedHere) line.knownCompleted = true;
       if (before.heldAcks > 0) {
-        line.inheritedAcks += before.heldAcks;
+        this.inherit(line, before.heldAcks);
         before.heldAcks = 0;
-        this.heldCount--;
       }
     } else {
       const recent = this.takeRecent(key);
       if (recent !== undefined) {
         line.knownCompleted = true;
         if (recent.acks > 0) {
-          line.inheritedAcks += recent.acks;
+          this.inherit(line, recent.acks);
           recent.acks = 0;
-          this.heldCount--;
         }
       }
     }
@@ -147,17 +152,12 @@ export class LocalCopies {
       const next = line.next;
       if (next?.waiting === true) {
         // The other copy came meanwhile and waits for this one: it records both acks.
-        next.knownCompleted = true;
-        next.inheritedAcks += held;
-        this.heldCount--;
+        this.inherit(next, held);
       } else {
         const entry: Recent = { at: this.nowMs(), acks: held, ref: line.ref };
         this.remember(line.key, entry);
-        if (this.held.length - this.heldHead >= 2 * MAX_HELD) {
-          // Mostly entries whose acks a twin took: drop those (at most MAX_HELD still hold acks).
-          this.held = this.held.slice(this.heldHead).filter((e) => e.acks > 0);
-          this.heldHead = 0;
-        }
+        // Mostly entries whose acks a twin took (at most MAX_HELD still hold acks): drop those.
+        if (this.held.length - this.heldHead >= 2 * MAX_HELD) this.compactHeld();
         this.held.push(entry);
       }
       return;

@@ -2,6 +2,7 @@ import {
   encodeMessage,
   type DedupStore,
   type EncodeOptions,
+  type Logger,
   type Payload,
   type RawDelivery,
 } from '@beetle/core';
@@ -116,4 +117,16 @@ export function rawDelivery(payload: Payload, options: EncodeOptions = {}, routi
     fields: { routingKey, redelivered: false, exchange: routingKey },
     properties,
   };
+}
+
+/** A logger that keeps the message of each warning (other levels are dropped). */
+export function warningsLogger(): { logger: Logger; warnings: string[] } {
+  const warnings: string[] = [];
+  const logger: Logger = {
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (...args: unknown[]) => void warnings.push(String(args.find((a) => typeof a === 'string'))),
+    error: () => undefined,
+  };
+  return { logger, warnings };
 }

@@ -21,7 +21,7 @@ import {
 } from '@beetle/subscriber';
 import { getEventListeners } from 'node:events';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { FakeClock, flush, rawDelivery, recordingStore } from './helpers.js';
+import { FakeClock, flush, rawDelivery, recordingStore, warningsLogger } from './helpers.js';
 import { HOLD_MS } from '../src/copies.js';
 
 /** A consumer channel that records everything and lets the test deliver messages or kill it. */
@@ -591,13 +591,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
     });
 
     it('stop waits for held counts at most its timeout (a store that does not answer)', async () => {
-      const warnings: string[] = [];
-      const logger = {
-        debug: () => undefined,
-        info: () => undefined,
-        warn: (...args: unknown[]) => void warnings.push(String(args.find((a) => typeof a === 'string'))),
-        error: () => undefined,
-      };
+      const { logger, warnings } = warningsLogger();
       const hanging = new Proxy(store, {
         get: (target, property, receiver) =>
           property === 'acknowledged'
@@ -636,13 +630,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
   });
 
   it('a copy stops waiting after the handler timeout + 10 s when the copy before hangs in a hook', async () => {
-    const warnings: string[] = [];
-    const logger = {
-      debug: () => undefined,
-      info: () => undefined,
-      warn: (...args: unknown[]) => void warnings.push(String(args.find((a) => typeof a === 'string'))),
-      error: () => undefined,
-    };
+    const { logger, warnings } = warningsLogger();
     const config = createConfig({ servers: [A, B], subscriberConcurrency: 2 });
     const sub = new Subscriber({ config, topology, store, pool, clock, logger });
     let runs = 0;
