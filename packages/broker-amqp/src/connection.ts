@@ -45,6 +45,8 @@ interface Link {
   blocked: boolean;
   dead: boolean;
   readonly unblockWaiters: Set<() => void>;
+  /** Channels open on this connection, closed one by one before the connection itself (see `close`). */
+  readonly channels: Set<Channel>;
 }
 
 const noop = (): void => undefined;
@@ -169,11 +171,7 @@ export class BrokerConnection {
   private async openPublishChannel(): Promise<AmqpPublishChannel> {
     const link = await this.link('publisher');
     const confirms = this.options.confirms ?? true;
-    const channel = await this.roundTrip(
-      link,
-      'channel.open',
-      confirms ? link.model.createConfirmChannel() : link.model.createChannel(),
-    );
+    const channel = await this.openChannel(link, confirms);
     const publishChannel = new AmqpPublishChannel(this.server, link, channel, confirms, this.timeoutMs, {
       logger: this.logger,
       onTimeout: (error) => this.kill(link, error),
@@ -211,7 +209,7 @@ export class BrokerConnection {
   private declarationChannel(link: Link): Promise<Channel> {
     const existing = this.declarationChannelPromise;
     if (existing) return existing;
-    const promise = this.roundTrip(link, 'channel.open', link.model.createChannel()).then((channel) => {
+    const promise = this.openChannel(link, false).then((channel) => {
       channel.on('error', (error: Error) => {
         this.logger.warn({ server: this.server, err: error }, `declaration channel error: ${error.message}`);
       });
@@ -231,7 +229,7 @@ export class BrokerConnection {
   async openConsumerChannel(prefetch: number): Promise<ConsumerChannel & TopologyDeclarer> {
     if (this.closed) throw new ClosedError(`broker connection ${this.server} is closed`);
     const link = await this.link('consumer');
-    const channel = await this.roundTrip(link, 'channel.open', link.model.createChannel());
+    const channel = await this.openChannel(link, false);
     const consumer = new AmqpConsumerChannel(
       this.server,
       link,
@@ -260,6 +258,7 @@ export class BrokerConnection {
           return; // a failed or hanging connect: the attempt destroys itself (see connect)
         }
         if (link.dead) return;
+        await this.closeChannels(link);
         link.dead = true;
         try {
           await withTimeout(link.model.close(), this.timeoutMs, () => new Error('close timed out'));
@@ -275,6 +274,38 @@ export class BrokerConnection {
   }
 
   // ---------------------------------------------------------------------------------------------- internals
+
+  /**
+   * amqplib gives every channel its own write buffer and interleaves them on the socket, so a
+   * `connection.close` frame can overtake publishes or acks still buffered on a channel, and the broker drops
+   * whatever arrives after it: messages published without confirms, or acks, would be lost. A `channel.close`
+   * queues behind that channel's frames and its close-ok comes back only after the broker processed them.
+   */
+  private async closeChannels(link: Link): Promise<void> {
+    await Promise.all(
+      [...link.channels].map(async (channel) => {
+        try {
+          await withTimeout(channel.close(), this.timeoutMs, () => new Error('channel.close timed out'));
+        } catch (error) {
+          this.logger.debug(
+            { server: this.server, err: error },
+            `closing a ${link.role} channel: ${errorMessage(error)}`,
+          );
+        }
+      }),
+    );
+  }
+
+  private async openChannel(link: Link, confirms: boolean): Promise<Channel> {
+    const channel = await this.roundTrip(
+      link,
+      'channel.open',
+      confirms ? link.model.createConfirmChannel() : link.model.createChannel(),
+    );
+    link.channels.add(channel);
+    channel.once('close', () => link.channels.delete(channel));
+    return channel;
+  }
 
   private link(role: ConnectionRole): Promise<Link> {
     if (this.closed) return Promise.reject(new ClosedError(`broker connection ${this.server} is closed`));
@@ -345,7 +376,14 @@ export class BrokerConnection {
     }
     const socket = socketOf(model);
     if (socket !== undefined) coalesceWrites(socket);
-    const link: Link = { role, model, blocked: false, dead: false, unblockWaiters: new Set() };
+    const link: Link = {
+      role,
+      model,
+      blocked: false,
+      dead: false,
+      unblockWaiters: new Set(),
+      channels: new Set(),
+    };
     this.current.set(role, link);
     model.on('error', (error: Error) => {
       this.recordBackground(error, role);

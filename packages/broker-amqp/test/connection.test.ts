@@ -7,6 +7,7 @@ import {
   BrokerPool,
   brokerOptions,
   type ConnectionLostEvent,
+  type Delivery,
 } from '@beetle/broker-amqp';
 import { blackHole, cleanup, config, drain, management, raw, servers, uid, UNREACHABLE } from './helpers.js';
 
@@ -313,6 +314,39 @@ describe('BrokerConnection', () => {
     consumer.onClose(() => (closed = true));
     expect(closed).toBe(false); // the channel survives a broker cancel
     await consumer.close();
+  });
+
+  it('close() lets publishes without confirms and acks written just before it reach the broker', async () => {
+    // amqplib interleaves channel buffers on the socket: a connection.close frame could overtake them.
+    const name = `bt-flush-${uid()}`;
+    const topology = new Topology().registerQueue(name);
+    const setupConnection = connection();
+    const declarer = await setupConnection.declarer();
+    await declarer.declareExchange(topology.exchange(name));
+    await declarer.declareQueue(topology.queue(name));
+    await declarer.bindQueue(name, name, name);
+    try {
+      const count = 3000;
+      const publisher = connection({ publisherConfirms: false });
+      const channel = await publisher.publishChannel();
+      const body = Buffer.alloc(512, 'x');
+      await Promise.all(Array.from({ length: count }, () => channel.publish(name, name, body, {})));
+      await publisher.close();
+      // Routing to the queue may trail the close-ok by a moment; a lost publish never shows up.
+      await expect.poll(() => declarer.queueLength(name), { timeout: 5_000 }).toBe(count);
+
+      const consumerConnection = connection();
+      const consumer = await consumerConnection.openConsumerChannel(count);
+      const received: Delivery[] = [];
+      await consumer.consume(name, (d) => received.push(d));
+      await expect.poll(() => received.length, { timeout: 15_000 }).toBe(count);
+      for (const d of received) consumer.ack(d);
+      await consumerConnection.close();
+      // Acks lost on the way put their messages back on the queue.
+      await expect.poll(() => declarer.queueLength(name), { timeout: 5_000 }).toBe(0);
+    } finally {
+      await cleanup({ queues: [name], exchanges: [name] });
+    }
   });
 
   it('close() never hangs, also with a black-holed pending connect', async () => {

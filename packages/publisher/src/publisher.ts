@@ -558,7 +558,6 @@ export class Publisher<M extends MessageMap = MessageMap> {
     });
   }
 
-  /** Ruby `publish_with_failover`: round robin; a failure retries the same broker once, then marks it dead. */
   /**
    * Ruby `publish_with_failover`: round robin; a failure retries the same broker once, then marks it dead.
    * `resume` continues after a failed first attempt made by the fast path.
