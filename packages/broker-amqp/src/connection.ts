@@ -244,7 +244,10 @@ export class BrokerConnection {
     return consumer;
   }
 
-  /** Closes both connections; bounded by `operationTimeout` (sockets are destroyed after it). Idempotent. */
+  /**
+   * Closes every channel, then both connections; a broker that does not answer within `operationTimeout` gets
+   * its sockets destroyed. Idempotent.
+   */
   async close(): Promise<void> {
     this.closed = true;
     const links = [...this.links.values()];
@@ -258,9 +261,11 @@ export class BrokerConnection {
           return; // a failed or hanging connect: the attempt destroys itself (see connect)
         }
         if (link.dead) return;
-        await this.closeChannels(link);
+        const answered = await this.closeChannels(link);
         link.dead = true;
         try {
+          // A broker that let a channel.close time out gets no second wait.
+          if (!answered) throw new Error('the broker did not answer channel.close');
           await withTimeout(link.model.close(), this.timeoutMs, () => new Error('close timed out'));
         } catch (error) {
           this.logger.debug(
@@ -281,11 +286,15 @@ export class BrokerConnection {
    * whatever arrives after it: messages published without confirms, or acks, would be lost. A `channel.close`
    * queues behind that channel's frames and its close-ok comes back only after the broker processed them.
    */
-  private async closeChannels(link: Link): Promise<void> {
+  private async closeChannels(link: Link): Promise<boolean> {
+    let answered = true;
     await Promise.all(
       [...link.channels].map(async (channel) => {
         try {
-          await withTimeout(channel.close(), this.timeoutMs, () => new Error('channel.close timed out'));
+          await withTimeout(channel.close(), this.timeoutMs, () => {
+            answered = false;
+            return new Error('channel.close timed out');
+          });
         } catch (error) {
           this.logger.debug(
             { server: this.server, err: error },
@@ -294,6 +303,7 @@ export class BrokerConnection {
         }
       }),
     );
+    return answered;
   }
 
   private async openChannel(link: Link, confirms: boolean): Promise<Channel> {

@@ -1,8 +1,9 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NoMessageSentError, PublishTimeoutError, Topology } from '@beetle/core';
+import { NoMessageSentError, PublishTimeoutError, silentLogger, Topology } from '@beetle/core';
 import { startBroker, type ServiceHandle } from '@beetle/test-services';
+import { BrokerConnection, brokerOptions } from '@beetle/broker-amqp';
 import { Publisher } from '@beetle/publisher';
 import { cleanup, config, drain, servers, uid } from '../../broker-amqp/test/helpers.js';
 
@@ -199,4 +200,27 @@ describe('Publisher against a broker that goes away', () => {
       }).catch(() => undefined);
     }
   }, 60_000);
+
+  it('close() on a paused broker (SIGSTOP) gives up within one operation timeout', async () => {
+    const connection = new BrokerConnection(
+      brokerOptions(
+        config({ servers: [disposable], publisherReadResponseTimeout: 1 }),
+        disposable,
+        silentLogger,
+      ),
+    );
+    try {
+      await connection.publishChannel();
+      await connection.openConsumerChannel(1);
+      await broker.pause();
+      const started = Date.now();
+      await connection.close();
+      const elapsed = Date.now() - started;
+      // channel.close times out after 1 s, then the sockets are destroyed without a second wait.
+      expect(elapsed).toBeGreaterThanOrEqual(900);
+      expect(elapsed).toBeLessThan(1900);
+    } finally {
+      await broker.resume();
+    }
+  }, 30_000);
 });
