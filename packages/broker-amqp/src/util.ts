@@ -38,13 +38,24 @@ export interface BackoffOptions {
   readonly attempt: number;
   /** Source of randomness in [0, 1) (default `Math.random`); inject for tests. */
   readonly random?: () => number;
+  /**
+   * `full` (default): uniform in `[0, c)`; `equal`: uniform in `[c/2, c)`, so a retry never comes at once,
+   * where `c = min(max, base * 2^attempt)`.
+   */
+  readonly jitter?: 'full' | 'equal';
 }
 
 /**
- * Capped exponential backoff with full jitter: a uniform delay in `[0, min(max, base * 2^attempt))`. For owners
- * that reconnect actively (the subscriber); `BrokerConnection` itself reconnects lazily on the next use.
+ * Capped exponential backoff with jitter. For owners that reconnect actively (the subscriber, with equal
+ * jitter); `BrokerConnection` itself reconnects lazily on the next use.
  */
-export function backoff({ base, max, attempt, random = Math.random }: BackoffOptions): number {
+export function backoff({
+  base,
+  max,
+  attempt,
+  random = Math.random,
+  jitter = 'full',
+}: BackoffOptions): number {
   const ceiling = Math.min(max, base * 2 ** Math.max(0, Math.min(attempt, 52)));
-  return random() * ceiling;
+  return jitter === 'equal' ? ceiling / 2 + (random() * ceiling) / 2 : random() * ceiling;
 }

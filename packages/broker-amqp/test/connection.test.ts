@@ -34,6 +34,15 @@ describe('backoff', () => {
     expect(backoff({ base: 1, max: 30, attempt: 1000, random: () => 1 - 1e-9 })).toBeLessThan(30);
     expect(backoff({ base: 1, max: 30, attempt: 5, random: () => 0 })).toBe(0);
   });
+
+  it('with equal jitter stays in the upper half, so a retry never comes at once', () => {
+    expect(backoff({ base: 1, max: 30, attempt: 3, random: () => 0, jitter: 'equal' })).toBe(4);
+    expect(backoff({ base: 1, max: 30, attempt: 3, random: () => 0.5, jitter: 'equal' })).toBe(6);
+    expect(backoff({ base: 0.5, max: 5, attempt: 100, random: () => 0, jitter: 'equal' })).toBe(2.5);
+    expect(backoff({ base: 1, max: 30, attempt: 0, random: () => 1 - 1e-9, jitter: 'equal' })).toBeLessThan(
+      1,
+    );
+  });
 });
 
 describe('BrokerConnection', () => {

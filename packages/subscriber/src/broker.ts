@@ -57,15 +57,6 @@ export function defaultQueueSetup(config: BeetleConfig, topology: Topology, logg
   };
 }
 
-/**
- * Capped exponential backoff with "equal jitter": uniform in `[c/2, c)` where `c = min(max, base * 2^attempt)`,
- * so a retry never comes at once and reconnecting subscribers spread out.
- */
-export function reconnectDelay(base: number, max: number, attempt: number, random: () => number): number {
-  const ceiling = Math.min(max, base * 2 ** Math.max(0, Math.min(attempt, 52)));
-  return ceiling / 2 + (random() * ceiling) / 2;
-}
-
 /** A per-connection memo for `QueueSetup`'s `once`: concurrent callers share the promise, failures are retried. */
 export function memo(): <T>(key: string, fn: () => Promise<T>) => Promise<T> {
   const entries = new Map<string, Promise<unknown>>();

@@ -1,4 +1,4 @@
-import { BrokerPool } from '@beetle/broker-amqp';
+import { backoff, BrokerPool } from '@beetle/broker-amqp';
 import {
   TypedEmitter,
   ClosedError,
@@ -18,7 +18,6 @@ import {
 import {
   defaultQueueSetup,
   memo,
-  reconnectDelay,
   type Delivery,
   type QueueSetup,
   type SubscriberChannel,
@@ -787,12 +786,13 @@ class BrokerConsumer {
   private scheduleRecovery(queue: QueueDefinition): void {
     if (this.closing || this.recoveryTimers.has(queue.name)) return;
     const { config, clock, random } = this.owner;
-    const delay = reconnectDelay(
-      config.subscriberReconnectDelay,
-      config.subscriberReconnectMaxDelay,
-      this.recoveryFailures.get(queue.name) ?? 0,
+    const delay = backoff({
+      base: config.subscriberReconnectDelay,
+      max: config.subscriberReconnectMaxDelay,
+      attempt: this.recoveryFailures.get(queue.name) ?? 0,
       random,
-    );
+      jitter: 'equal',
+    });
     const timer = clock.setTimeout(() => {
       this.recoveryTimers.delete(queue.name);
       void this.recover(queue);
@@ -886,12 +886,13 @@ class BrokerConsumer {
   private scheduleReconnect(): void {
     if (this.closing || this.reconnectTimer !== undefined) return;
     const { config, clock, random } = this.owner;
-    const delay = reconnectDelay(
-      config.subscriberReconnectDelay,
-      config.subscriberReconnectMaxDelay,
-      Math.max(0, this.failures - 1),
+    const delay = backoff({
+      base: config.subscriberReconnectDelay,
+      max: config.subscriberReconnectMaxDelay,
+      attempt: Math.max(0, this.failures - 1),
       random,
-    );
+      jitter: 'equal',
+    });
     this.reconnectTimer = clock.setTimeout(() => {
       this.reconnectTimer = undefined;
       void this.connect();
