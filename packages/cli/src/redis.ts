@@ -1,15 +1,19 @@
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
-import tls from 'node:tls';
+import { Redis, ReplyError as UntypedReplyError } from 'ioredis';
 import { NoRedisMasterError, type BeetleConfig } from '@beetle/core';
 import { isRedisAddress, parseRedisAddress, parseRedisMasterFile } from '@beetle/dedup-redis';
+import { errorMessage } from './output.js';
 
 /**
- * A small RESP2 client for the maintenance commands (gc, dump-expiries, delete-keys, copy-keys, status): they
- * need plain commands on arbitrary databases (SCAN, MGET, DEL, EXISTS, MSET, DBSIZE, db 0's `beetle:lastgc`)
- * and a second server, which the dedup store's API does not offer. Commands are pipelined on one socket; a
- * command without a reply within the timeout destroys the connection (replies could no longer be matched).
+ * The maintenance commands (gc, dump-expiries, delete-keys, copy-keys, status) need plain commands on arbitrary
+ * databases (SCAN, MGET, DEL, EXISTS, MSET, DBSIZE, db 0's `beetle:lastgc`) and a second server, which the
+ * dedup store's API does not offer: a thin wrapper around one ioredis connection that never reconnects or
+ * queues by itself (a failure goes to `withRestarts`), with replies as Buffers (values are binary-safe).
  */
+
+/** ioredis' error reply class, from the untyped redis-errors package. */
+const ReplyError = UntypedReplyError as unknown as new (...args: never[]) => Error;
 
 export type RespValue = string | number | Buffer | null | RespValue[] | RedisReplyError;
 export type RespArg = string | number | Buffer;
@@ -35,59 +39,10 @@ export interface RespClientOptions {
   readonly commandTimeoutMs?: number;
 }
 
-interface Pending {
-  resolve(value: RespValue): void;
-  reject(error: Error): void;
-}
-
-const CRLF = Buffer.from('\r\n');
-
-function encodeCommand(args: readonly RespArg[]): Buffer {
-  const parts: Buffer[] = [Buffer.from(`*${args.length}\r\n`)];
-  for (const arg of args) {
-    const data = Buffer.isBuffer(arg) ? arg : Buffer.from(String(arg), 'utf8');
-    parts.push(Buffer.from(`$${data.length}\r\n`), data, CRLF);
-  }
-  return Buffer.concat(parts);
-}
-
-/** Parses one reply at `pos`; `undefined` when the buffer does not hold all of it yet. */
-function parseReply(buf: Buffer, pos: number): { value: RespValue; next: number } | undefined {
-  if (pos >= buf.length) return undefined;
-  const end = buf.indexOf(CRLF, pos);
-  if (end === -1) return undefined;
-  const type = String.fromCharCode(buf[pos]!);
-  const line = buf.toString('utf8', pos + 1, end);
-  const next = end + 2;
-  switch (type) {
-    case '+':
-      return { value: line, next };
-    case '-':
-      return { value: new RedisReplyError(line), next };
-    case ':':
-      return { value: Number(line), next };
-    case '$': {
-      const length = Number(line);
-      if (length < 0) return { value: null, next };
-      if (buf.length < next + length + 2) return undefined;
-      return { value: buf.subarray(next, next + length), next: next + length + 2 };
-    }
-    case '*': {
-      const count = Number(line);
-      if (count < 0) return { value: null, next };
-      const items: RespValue[] = [];
-      let at = next;
-      for (let i = 0; i < count; i++) {
-        const item = parseReply(buf, at);
-        if (item === undefined) return undefined;
-        items.push(item.value);
-        at = item.next;
-      }
-      return { value: items, next: at };
-    }
-    default:
-      throw new RedisConnectionError(`unexpected RESP reply type ${JSON.stringify(type)}`);
-  }
+function describe(value: RespValue): string {
+  if (value instanceof RedisReplyError) return `error ${value.message}`;
+  if (Buffer.isBuffer(value)) return `bulk ${JSON.stringify(value.toString('utf8').slice(0, 40))}`;
+  return JSON.stringify(value);
 }
 
 export const asString = (value: RespValue): string | null => {
@@ -108,91 +63,84 @@ const asArray = (value: RespValue): RespValue[] => {
   throw new RedisConnectionError(`expected an array reply, got ${describe(value)}`);
 };
 
-function describe(value: RespValue): string {
-  if (value instanceof RedisReplyError) return `error ${value.message}`;
-  if (Buffer.isBuffer(value)) return `bulk ${JSON.stringify(value.toString('utf8').slice(0, 40))}`;
-  return JSON.stringify(value);
-}
-
 export class RespClient {
-  private buffer: Buffer = Buffer.alloc(0);
-  private readonly pending: Pending[] = [];
-  private failure: Error | undefined;
-  private timer: NodeJS.Timeout | undefined;
-
   private constructor(
     readonly address: string,
-    private readonly socket: net.Socket,
-    private readonly commandTimeoutMs: number,
-  ) {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (error: Error) => this.fail(new RedisConnectionError(`${address}: ${error.message}`)));
-    socket.on('close', () => this.fail(new RedisConnectionError(`${address}: connection closed`)));
-  }
+    private readonly redis: Redis,
+  ) {}
 
   /** Connects, authenticates and selects `db`. */
   static async connect(address: string, options: RespClientOptions = {}): Promise<RespClient> {
     const { host, port } = parseRedisAddress(address);
-    const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
-    const socket = await new Promise<net.Socket>((resolve, reject) => {
-      const onConnect = (): void => {
-        clearTimeout(timer);
-        socket.off('error', onError);
-        resolve(socket);
-      };
-      const onError = (error: Error): void => {
-        clearTimeout(timer);
-        socket.destroy();
-        reject(new RedisConnectionError(`cannot connect to Redis ${address}: ${error.message}`));
-      };
-      const socket: net.Socket = options.tls
-        ? tls.connect({
-            host,
-            port,
-            servername: net.isIP(host) === 0 ? host : undefined,
-            rejectUnauthorized: process.env['OPENSSL_SSL_VERIFY_NONE'] !== '1',
-          })
-        : net.connect({ host, port });
-      const timer = setTimeout(
-        () => onError(new Error(`no connection within ${connectTimeoutMs} ms`)),
-        connectTimeoutMs,
-      );
-      socket.once(options.tls ? 'secureConnect' : 'connect', onConnect);
-      socket.once('error', onError);
+    const redis = new Redis({
+      host,
+      port,
+      db: options.db ?? 0,
+      ...(options.password !== undefined && options.password !== '' ? { password: options.password } : {}),
+      ...(options.tls
+        ? {
+            tls: {
+              servername: net.isIP(host) === 0 ? host : undefined,
+              rejectUnauthorized: process.env['OPENSSL_SSL_VERIFY_NONE'] !== '1',
+            },
+          }
+        : {}),
+      connectTimeout: options.connectTimeoutMs ?? 5000,
+      commandTimeout: options.commandTimeoutMs ?? 10_000,
+      lazyConnect: true,
+      enableReadyCheck: false,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+      disableClientInfo: true,
     });
-    socket.setNoDelay(true);
-    const client = new RespClient(address, socket, options.commandTimeoutMs ?? 10_000);
+    // Failures reach the caller through the pending command; the event only needs a listener.
+    let lastError: Error | undefined;
+    redis.on('error', (error: Error) => (lastError = error));
+    const client = new RespClient(address, redis);
     try {
-      if (options.password !== undefined && options.password !== '')
-        await client.call('AUTH', options.password);
-      if (options.db !== undefined && options.db !== 0) await client.call('SELECT', options.db);
+      await redis.connect();
+      // AUTH and SELECT went out on connect; a PING proves they were accepted (ioredis only emits their
+      // errors), so a wrong password fails here rather than at the first command.
+      await client.call('PING');
     } catch (error) {
       client.close();
-      throw error;
+      const cause = lastError ?? error;
+      if (cause instanceof RedisReplyError) throw cause;
+      if (cause instanceof ReplyError) throw new RedisReplyError(cause.message, { cause });
+      throw new RedisConnectionError(`cannot connect to Redis ${address}: ${errorMessage(cause)}`, { cause });
     }
     return client;
   }
 
   /** Sends one command; an error reply rejects with `RedisReplyError`. */
   async call(...args: RespArg[]): Promise<RespValue> {
-    const [reply] = await this.pipeline([args]);
-    if (reply instanceof RedisReplyError) throw reply;
-    return reply ?? null;
+    const [name, ...rest] = args;
+    try {
+      return ((await this.redis.callBuffer(String(name), ...rest)) as RespValue | undefined) ?? null;
+    } catch (error) {
+      throw this.translate(error);
+    }
   }
 
   /** Sends the commands in one write; error replies are returned in place, not thrown. */
-  pipeline(commands: readonly (readonly RespArg[])[]): Promise<RespValue[]> {
-    if (commands.length === 0) return Promise.resolve([]);
-    if (this.failure) return Promise.reject(this.failure);
-    const replies = commands.map(
-      () =>
-        new Promise<RespValue>((resolve, reject) => {
-          this.pending.push({ resolve, reject });
-        }),
-    );
-    this.socket.write(Buffer.concat(commands.map(encodeCommand)));
-    this.armTimer();
-    return Promise.all(replies);
+  async pipeline(commands: readonly (readonly RespArg[])[]): Promise<RespValue[]> {
+    if (commands.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const [name, ...rest] of commands) pipeline.callBuffer(String(name), ...rest);
+    let results: [Error | null, unknown][] | null;
+    try {
+      results = await pipeline.exec();
+    } catch (error) {
+      throw this.translate(error);
+    }
+    if (results === null) throw new RedisConnectionError(`${this.address}: the pipeline was not executed`);
+    return results.map(([error, value]) => {
+      if (error === null) return (value as RespValue | undefined) ?? null;
+      const translated = this.translate(error);
+      if (translated instanceof RedisReplyError) return translated;
+      throw translated;
+    });
   }
 
   async get(key: string): Promise<string | null> {
@@ -232,45 +180,13 @@ export class RespClient {
 
   /** Closes the connection; pending commands reject. */
   close(): void {
-    this.fail(new RedisConnectionError(`${this.address}: connection closed by the client`));
+    this.redis.disconnect();
   }
 
-  private onData(chunk: Buffer): void {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-    let pos = 0;
-    try {
-      while (this.pending.length > 0) {
-        const reply = parseReply(this.buffer, pos);
-        if (reply === undefined) break;
-        pos = reply.next;
-        this.pending.shift()?.resolve(reply.value);
-      }
-    } catch (error) {
-      this.fail(error as Error);
-      return;
-    }
-    this.buffer = this.buffer.subarray(pos);
-    if (this.buffer.length === 0) this.buffer = Buffer.alloc(0);
-    this.armTimer();
-  }
-
-  private armTimer(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    if (this.pending.length === 0) return;
-    this.timer = setTimeout(() => {
-      this.fail(
-        new RedisConnectionError(`${this.address}: no reply within ${this.commandTimeoutMs / 1000}s`),
-      );
-    }, this.commandTimeoutMs);
-  }
-
-  private fail(error: Error): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.failure ??= error;
-    for (const pending of this.pending.splice(0)) pending.reject(this.failure);
-    if (!this.socket.destroyed) this.socket.destroy();
+  private translate(error: unknown): Error {
+    if (error instanceof ReplyError) return new RedisReplyError(error.message, { cause: error });
+    if (error instanceof RedisConnectionError) return error;
+    return new RedisConnectionError(`${this.address}: ${errorMessage(error)}`, { cause: error });
   }
 }
 
