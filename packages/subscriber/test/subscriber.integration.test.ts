@@ -1,6 +1,6 @@
 import { Outcome, Topology, createConfig, type BeetleConfigInput, type DedupStore } from '@beetle/core';
 import { RedisDedupStore, type RedisDedupStoreOptions } from '@beetle/dedup-redis';
-import { freePort, startRedis } from '@beetle/test-services';
+import { freePort, startRedis, type ServiceHandle } from '@beetle/test-services';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { Socket } from 'node:net';
 import type { Delivery } from '@beetle/subscriber';
@@ -166,39 +166,52 @@ describe('Subscriber against real brokers and Redis', () => {
     }
   });
 
-  it('waits while Redis is stalled (SIGSTOP 4 s), then goes on: each message handled once, every copy acked', async () => {
-    const redis = await startRedis(await freePort());
-    cleanups.push(() => redis.stop()); // runs after the setup's cleanup (reverse order)
-    const { queue, subscriber, store, processed } = setup(
-      { subscriberConcurrency: 8, prefetchCount: 10 },
-      { redisServer: redis.address, failoverTimeout: 30, readTimeout: 1 },
-    );
-    const runs = new Map<string, number>();
-    subscriber.register(queue, (message) => {
-      runs.set(message.text(), (runs.get(message.text()) ?? 0) + 1);
-    });
-    await subscriber.listen();
-    const before = Array.from({ length: 20 }, (_, i) => `before-${i}`);
-    await publishCopies(servers, queue, before);
-    await waitFor(() => processed.length === 40, 15_000, 'the first 40 copies processed');
+  const redisOutages: [
+    string,
+    (redis: ServiceHandle) => Promise<void>,
+    (redis: ServiceHandle) => Promise<void>,
+  ][] = [
+    ['stalled (SIGSTOP 4 s)', (redis) => redis.pause(), (redis) => redis.resume()],
+    // A restarted disposable Redis is empty: the first batch completed before, so nothing is lost with it.
+    ['stopped (connection refused 4 s), then restarted', (redis) => redis.kill(), (redis) => redis.start()],
+  ];
 
-    await redis.pause();
-    const after = Array.from({ length: 20 }, (_, i) => `after-${i}`);
-    const ids = await publishCopies(servers, queue, after);
-    await new Promise((resolve) => setTimeout(resolve, 4000));
-    // Nothing ran meanwhile: every delivery waits for its first store call.
-    expect(runs.size).toBe(20);
-    expect(processed).toHaveLength(40);
-    await redis.resume();
+  it.each(redisOutages)(
+    'waits while Redis is %s, then goes on: each message handled once, every copy acked',
+    async (_, stopRedis, restoreRedis) => {
+      const redis = await startRedis(await freePort());
+      cleanups.push(() => redis.stop()); // runs after the setup's cleanup (reverse order)
+      const { queue, subscriber, store, processed } = setup(
+        { subscriberConcurrency: 8, prefetchCount: 10 },
+        { redisServer: redis.address, failoverTimeout: 30, readTimeout: 1 },
+      );
+      const runs = new Map<string, number>();
+      subscriber.register(queue, (message) => {
+        runs.set(message.text(), (runs.get(message.text()) ?? 0) + 1);
+      });
+      await subscriber.listen();
+      const before = Array.from({ length: 20 }, (_, i) => `before-${i}`);
+      await publishCopies(servers, queue, before);
+      await waitFor(() => processed.length === 40, 15_000, 'the first 40 copies processed');
 
-    await waitFor(() => processed.length === 80, 30_000, 'all 80 copies processed after the stall');
-    expect([...runs.keys()].sort()).toEqual([...before, ...after].sort());
-    expect([...runs.values()].every((n) => n === 1)).toBe(true);
-    expect(processed.every((p) => p.outcome === Outcome.OK && p.settled === 'acked')).toBe(true);
-    for (const uuid of ids) expect(await store.inspect({ queue, uuid })).toEqual({});
-    await subscriber.stop();
-    for (const server of servers) expect(await messageCount(server, queue)).toBe(0);
-  });
+      await stopRedis(redis);
+      const after = Array.from({ length: 20 }, (_, i) => `after-${i}`);
+      const ids = await publishCopies(servers, queue, after);
+      await new Promise((resolve) => setTimeout(resolve, 4000));
+      // Nothing ran meanwhile: every delivery waits for its first store call.
+      expect(runs.size).toBe(20);
+      expect(processed).toHaveLength(40);
+      await restoreRedis(redis);
+
+      await waitFor(() => processed.length === 80, 30_000, 'all 80 copies processed after the outage');
+      expect([...runs.keys()].sort()).toEqual([...before, ...after].sort());
+      expect([...runs.values()].every((n) => n === 1)).toBe(true);
+      expect(processed.every((p) => p.outcome === Outcome.OK && p.settled === 'acked')).toBe(true);
+      for (const uuid of ids) expect(await store.inspect({ queue, uuid })).toEqual({});
+      await subscriber.stop();
+      for (const server of servers) expect(await messageCount(server, queue)).toBe(0);
+    },
+  );
 
   it('retries with delay 1 s and attempts 3, spaced by the store delay and the requeue delay', async () => {
     const { queue, subscriber, store, processed } = setup();
