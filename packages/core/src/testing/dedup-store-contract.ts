@@ -425,66 +425,20 @@ export function describeDedupStoreContract(name: string, factory: DedupStoreFact
         return ref;
       };
 
-      it('checks the attempts limit first', async () => {
+      // Ruby's order: the attempts limit, then the exceptions limit, then retryOn; each completes the message.
+      it.each([
+        ['checks the attempts limit first', 1, 0, 'AttemptsLimitReached'],
+        ['checks the exceptions limit before retryOn', 3, 0, 'ExceptionsLimitReached'],
+        ['completes the message when retryOn refuses the error', 3, 2, 'ExceptionNotAccepted'],
+      ] as const)('%s', async (_, attemptsLimit, exceptionsLimit, outcome) => {
         const subject = fixture.current();
         const now = nowSeconds();
         const ref = await claimed(subject.store, now);
         const result = await subject.store.fail(
           ref,
-          retryable({ now, attemptsLimit: 1, exceptionsLimit: 0, accepted: false }),
+          retryable({ now, attemptsLimit, exceptionsLimit, accepted: false }),
         );
-        expect(result).toEqual({
-          outcome: 'AttemptsLimitReached',
-          attempts: 1,
-          exceptions: 1,
-          delayUntil: undefined,
-        });
-        await expectKeys(subject, ref, {
-          status: 'completed',
-          expires: String(now + 100),
-          timeout: '0',
-          attempts: '1',
-          exceptions: '1',
-        });
-      });
-
-      it('checks the exceptions limit before retryOn', async () => {
-        const subject = fixture.current();
-        const now = nowSeconds();
-        const ref = await claimed(subject.store, now);
-        const result = await subject.store.fail(
-          ref,
-          retryable({ now, attemptsLimit: 3, exceptionsLimit: 0, accepted: false }),
-        );
-        expect(result).toEqual({
-          outcome: 'ExceptionsLimitReached',
-          attempts: 1,
-          exceptions: 1,
-          delayUntil: undefined,
-        });
-        await expectKeys(subject, ref, {
-          status: 'completed',
-          expires: String(now + 100),
-          timeout: '0',
-          attempts: '1',
-          exceptions: '1',
-        });
-      });
-
-      it('completes the message when retryOn refuses the error', async () => {
-        const subject = fixture.current();
-        const now = nowSeconds();
-        const ref = await claimed(subject.store, now);
-        const result = await subject.store.fail(
-          ref,
-          retryable({ now, attemptsLimit: 3, exceptionsLimit: 2, accepted: false }),
-        );
-        expect(result).toEqual({
-          outcome: 'ExceptionNotAccepted',
-          attempts: 1,
-          exceptions: 1,
-          delayUntil: undefined,
-        });
+        expect(result).toEqual({ outcome, attempts: 1, exceptions: 1, delayUntil: undefined });
         await expectKeys(subject, ref, {
           status: 'completed',
           expires: String(now + 100),
