@@ -568,16 +568,7 @@ export class RedisConnection {
 
   /** Resolves at the client's next 'ready' event, or after `ms`, or when woken (close, master change). */
   private waitForReady(client: Redis, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.wakeups.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.wakeups.add(done);
-      void this.readySignal(client).then(done);
-    });
+    return this.sleep(ms, this.readySignal(client));
   }
 
   /** One listener per client however many calls wait for it. */
@@ -595,7 +586,8 @@ export class RedisConnection {
     return signal;
   }
 
-  private sleep(ms: number): Promise<void> {
+  /** Resolves after `ms`, when woken (close, master change), or when `until` resolves, whichever is first. */
+  private sleep(ms: number, until?: Promise<void>): Promise<void> {
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
@@ -604,6 +596,7 @@ export class RedisConnection {
       };
       const timer = setTimeout(done, ms);
       this.wakeups.add(done);
+      if (until !== undefined) void until.then(done);
     });
   }
 

@@ -402,8 +402,11 @@ export class RedisDedupStore implements DedupStore {
    * so a garbage collector should restart its run when `currentServer` changes.
    */
   async *scanKeys(options: { readonly match?: string; readonly count?: number } = {}): AsyncIterable<string> {
-    const match = options.match ?? 'msgid:*';
-    const count = options.count ?? 1000;
+    for await (const keys of this.scanBatches(options.match ?? 'msgid:*', options.count ?? 1000)) yield* keys;
+  }
+
+  /** The batches of a full SCAN for `match`. */
+  private async *scanBatches(match: string, count: number): AsyncIterable<string[]> {
     let cursor = '0';
     do {
       const from = cursor;
@@ -411,7 +414,7 @@ export class RedisDedupStore implements DedupStore {
         redis.scan(from, 'MATCH', match, 'COUNT', count),
       );
       cursor = next;
-      yield* keys;
+      yield keys;
     } while (cursor !== '0');
   }
 
@@ -423,14 +426,7 @@ export class RedisDedupStore implements DedupStore {
     options: { readonly queuePrefix?: string; readonly count?: number } = {},
   ): AsyncIterable<MessageExpiry> {
     const match = `msgid:${escapeGlob(options.queuePrefix ?? '')}*:expires`;
-    const count = options.count ?? 1000;
-    let cursor = '0';
-    do {
-      const from = cursor;
-      const [next, keys] = await this.run('scan', (redis) =>
-        redis.scan(from, 'MATCH', match, 'COUNT', count),
-      );
-      cursor = next;
+    for await (const keys of this.scanBatches(match, options.count ?? 1000)) {
       const parsed = keys.flatMap((key) => {
         const parts = parseKey(key);
         return parts?.suffix === 'expires' ? [{ key, parts }] : [];
@@ -442,7 +438,7 @@ export class RedisDedupStore implements DedupStore {
         if (typeof value !== 'string') continue; // deleted meanwhile
         yield { msgId: parts.msgId, queue: parts.queue, uuid: parts.uuid, expiresAt: rubyToI(value) };
       }
-    } while (cursor !== '0');
+    }
   }
 
   /** Deletes all 8 keys of a message (`msgid:<queue>:<uuid>`); returns how many existed. */
