@@ -214,8 +214,8 @@ const claimResult = (entry: unknown): ClaimResult | Error => {
  * Ruby Beetle's deduplication store on Redis (reference §4), compatible with Ruby consumers sharing the same
  * Redis: same keys (`msgid:<queue>:<uuid>:<suffix>`), values and database (4). Each step is one round trip
  * (a Lua script or a single command), and all messages share one connection: the claims, completions and
- * cleanups of one tick go in one command each (see `Batcher`). The scripts get
- * the message id and build the keys themselves; no call has a timer of its own (see `RedisConnection`).
+ * cleanups of one tick go in one command each (see `Batcher`). The scripts get the message ids and build the
+ * keys themselves; no call has a timer of its own (see `RedisConnection`).
  *
  * A redundant message handled on the happy path costs 5 round trips (claim, complete, acknowledged for the
  * first copy; claim, acknowledged for the second) where Ruby needs 8; 3 when both copies reach one

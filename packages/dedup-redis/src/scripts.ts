@@ -1,10 +1,10 @@
 /**
  * The Lua scripts behind the store's steps, one script call (one round trip) per step (the claim script takes
- * the claims of several messages at once). Each script runs the
- * very commands Ruby Beetle sends one by one (reference §4.4, §12), atomically, on the keys Ruby uses. A
- * script gets the message id `msgid:<queue>:<uuid>` as its only KEYS entry and builds the message's keys from
- * it: Redis Cluster is not a target (Ruby's key schema has no hash tag, so a message's keys would not share a
- * slot anyway).
+ * the claims of several messages at once). Each script runs the very commands Ruby Beetle sends one by one
+ * (reference §4.4, §12), atomically, on the keys Ruby uses. A script gets message ids `msgid:<queue>:<uuid>`
+ * as its KEYS entries (one, except for the claim script) and builds each message's keys from its id: Redis
+ * Cluster is not a target (Ruby's key schema has no hash tag, so a message's keys would not share a slot
+ * anyway).
  *
  * Values are written exactly as Ruby writes them: plain decimal strings, `incomplete`/`completed`, timeout
  * `0`. Numbers read back are parsed like Ruby's `to_i` (leading integer, else 0).

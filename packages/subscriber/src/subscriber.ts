@@ -12,6 +12,7 @@ import {
   type DecodeResult,
   type DedupStore,
   type Logger,
+  type MessageRef,
   type QueueDefinition,
   type Topology,
 } from '@beetle/core';
@@ -406,39 +407,32 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     }, COPY_SWEEP_MS);
   }
 
-  /**
-   * Records ack counts held for a copy that did not come (in time). Errors are logged: the keys then stay
-   * until the garbage collector removes them.
-   */
+  /** Records ack counts held for a copy that did not come (in time). */
   private async recordHeldAcks(due: readonly DueAcks[]): Promise<void> {
-    await Promise.all(
-      due.map(async ({ ref, acks }) => {
-        try {
-          await this.store.acknowledged(ref, { redundant: true, acks });
-        } catch (error) {
-          this.logger.error(
-            { err: error, queue: ref.queue, uuid: ref.uuid, acks },
-            'could not record a held ack count; the dedup keys stay until garbage collected',
-          );
-        }
-      }),
-    );
+    await Promise.all(due.map(({ ref, acks }) => this.recordAcks(ref, acks, 'a held ack count')));
   }
 
   /**
    * Records acks an earlier copy handed over that this delivery did not record with its own (it was not
-   * acked as completed: stopped while waiting, expired, ...). Errors are logged: the keys then stay until the
-   * garbage collector removes them.
+   * acked as completed: stopped while waiting, expired, ...).
    */
-  private async recordInheritedAcks(line: CopyLine, queue: QueueDefinition, uuid: string): Promise<void> {
-    const acks = line.takeInheritedAcks();
+  private recordInheritedAcks(line: CopyLine, queue: QueueDefinition, uuid: string): Promise<void> {
+    return this.recordAcks(
+      { queue: queue.amqpName, uuid },
+      line.takeInheritedAcks(),
+      'the acks of earlier copies',
+    );
+  }
+
+  /** Records `acks` acks of a redundant message. Errors are logged: the keys then stay until GC removes them. */
+  private async recordAcks(ref: MessageRef, acks: number, what: string): Promise<void> {
     if (acks === 0) return;
     try {
-      await this.store.acknowledged({ queue: queue.amqpName, uuid }, { redundant: true, acks });
+      await this.store.acknowledged(ref, { redundant: true, acks });
     } catch (error) {
       this.logger.error(
-        { err: error, queue: queue.name, uuid, acks },
-        'could not record the acks of earlier copies; the dedup keys stay until garbage collected',
+        { err: error, queue: ref.queue, uuid: ref.uuid, acks },
+        `could not record ${what}; the dedup keys stay until garbage collected`,
       );
     }
   }
