@@ -21,6 +21,12 @@ export default tseslint.config(
     },
   },
   {
+    // Plain JavaScript build and release scripts (they run before anything is built): linted, not type-checked.
+    files: ['**/*.mjs'],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly' } },
+  },
+  {
     files: ['**/*.test.ts', '**/test/**'],
     rules: {
       '@typescript-eslint/no-non-null-assertion': 'off',

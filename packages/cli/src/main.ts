@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ConfigurationError } from '@beetle/core';
 import type { CommandContext, CommandSpec } from './command.js';
 import { configCommand } from './commands/config.js';
@@ -33,13 +35,22 @@ export const commands: readonly CommandSpec[] = [
   configCommand,
 ];
 
+/** This package's version, from the nearest package.json up from this module (src/, dist/esm/ or dist/cjs/). */
 function version(): string {
-  try {
-    const text = readFileSync(new URL('../package.json', import.meta.url), 'utf8');
-    return (JSON.parse(text) as { version?: string }).version ?? 'unknown';
-  } catch {
-    return 'unknown';
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let depth = 0; depth < 4; depth++) {
+    try {
+      const json = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
+      if (json.name === '@beetle/cli') return json.version ?? 'unknown';
+    } catch {
+      // no package.json here: look one directory up
+    }
+    dir = dirname(dir);
   }
+  return 'unknown';
 }
 
 const findCommand = (name: string): CommandSpec | undefined =>

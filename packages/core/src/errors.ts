@@ -24,6 +24,13 @@ export interface BeetleErrorOptions {
   cause?: unknown;
 }
 
+/**
+ * The class names of an error's lineage, on every Beetle error under a process-wide symbol. A process can load
+ * Beetle twice (the CommonJS and the ES module build, when some code `require`s and other code `import`s it):
+ * `instanceof` then still recognises an error made by the other copy.
+ */
+const LINEAGE = Symbol.for('@beetle/core:error-lineage');
+
 export class BeetleError extends Error {
   readonly reason: BeetleErrorReason;
 
@@ -31,6 +38,19 @@ export class BeetleError extends Error {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.reason = reason;
+    const lineage: string[] = [];
+    for (let c: unknown = new.target; c !== Error && typeof c === 'function'; c = Object.getPrototypeOf(c)) {
+      lineage.push((c as { name: string }).name);
+    }
+    Object.defineProperty(this, LINEAGE, { value: lineage });
+  }
+
+  /** `instanceof` by class name across copies of Beetle in one process (see `LINEAGE`). */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    if (typeof value !== 'object' || value === null) return false;
+    const lineage = (value as { [LINEAGE]?: unknown })[LINEAGE];
+    return Array.isArray(lineage) && lineage.includes(this.name);
   }
 }
 
