@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BrokerError, silentLogger, type ServerConnectionOptions } from '@beetle/core';
@@ -40,6 +41,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([openBroker?.stop(), peerBroker?.stop()]);
+  if (files !== undefined) await rm(files.dir, { recursive: true, force: true });
 }, 180_000);
 
 afterEach(async () => {
