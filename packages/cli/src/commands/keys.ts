@@ -177,8 +177,8 @@ async function readPassword(source: AsyncIterable<Buffer | string>, label: strin
 }
 
 /**
- * The target's password: `--target-password-file <file|->`, else `BEETLE_TARGET_REDIS_PASSWORD`, else the
- * deprecated `--target-password` (with a warning: the process list shows it to every user of the machine).
+ * The target's password: `--target-password-file <file|->`, else the deprecated `--target-password` (with a
+ * warning: the process list shows it to every user of the machine), else `BEETLE_TARGET_REDIS_PASSWORD`.
  */
 async function targetPassword(ctx: CommandContext): Promise<string | undefined> {
   const flag = stringFlag(ctx.flags, 'target-password');
