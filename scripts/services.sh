@@ -2,8 +2,10 @@
 # Real services for Beetle development, tests and CI (no Docker needed).
 #
 #   scripts/services.sh up|down|status [--third-broker]
-#   scripts/services.sh start-broker <amqpPort> [name] | stop-broker <amqpPort> | pid-broker <amqpPort>
-#   scripts/services.sh start-redis <port> [--replicaof host:port] | stop-redis <port> | pid-redis <port>
+#   scripts/services.sh start-broker <amqpPort> [name] [--tls <port> <certDir> [--verify-peer]]
+#   scripts/services.sh stop-broker <amqpPort> | pid-broker <amqpPort>
+#   scripts/services.sh start-redis <port> [--replicaof host:port] [--tls <port> <certDir>]
+#   scripts/services.sh stop-redis <port> | pid-redis <port>
 #   scripts/services.sh down --purge      # also delete the state directory
 #
 # `up` provides RabbitMQ on 5672 and 5673 (optionally 5674 with --third-broker
@@ -12,7 +14,11 @@
 #
 # Conventions for every broker this script starts: node <name>@localhost,
 # management port "1"+amqpPort, Erlang distribution port amqpPort+20000.
-# Everything binds to 127.0.0.1 only.
+# Everything binds to 127.0.0.1 only. `--tls <port> <certDir>` adds an amqps
+# listener on that port with certDir/ca.pem, server-cert.pem and
+# server-key.pem; `--verify-peer` makes it require a client certificate
+# signed by that CA (verify_peer + fail_if_no_peer_cert). For Redis, `--tls`
+# adds a TLS port next to the plain one (clients need no certificate).
 #
 # State lives in $BEETLE_SERVICES_DIR (default /tmp/beetle-services), one
 # directory per instance (broker-<port>, redis-<port>). That directory is the
@@ -29,7 +35,7 @@ log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -215,7 +221,7 @@ broker_cli() {
 
 # Start a broker we own; returns once launched (see wait_broker).
 launch_broker() {
-  local port=$1 name=${2:-} dir mport dport node
+  local port=$1 name=${2:-} tls_port=${3:-} tls_dir=${4:-} verify_peer=${5:-} dir mport dport node
   dir=$(broker_dir "$port")
   if broker_running "$port"; then
     return 0
@@ -224,7 +230,7 @@ launch_broker() {
   dport=$((port + 20000))
   [ "$mport" -le 65535 ] || die "broker port $port: management port $mport is out of range"
   local p
-  for p in "$port" "$mport" "$dport"; do
+  for p in "$port" "$mport" "$dport" $tls_port; do
     port_in_use "$p" && die "cannot start broker on $port: port $p is in use by a process this script did not start"
   done
 
@@ -251,6 +257,22 @@ listeners.tcp.local = $HOST:$port
 management.tcp.ip = $HOST
 management.tcp.port = $mport
 EOF
+  rm -f "$dir/tls_port"
+  if [ -n "$tls_port" ]; then
+    local f
+    for f in ca.pem server-cert.pem server-key.pem; do
+      [ -r "$tls_dir/$f" ] || die "--tls: $tls_dir/$f is missing"
+    done
+    cat >>"$dir/rabbitmq.conf" <<EOF
+listeners.ssl.default = $HOST:$tls_port
+ssl_options.cacertfile = $tls_dir/ca.pem
+ssl_options.certfile = $tls_dir/server-cert.pem
+ssl_options.keyfile = $tls_dir/server-key.pem
+ssl_options.verify = $([ -n "$verify_peer" ] && echo verify_peer || echo verify_none)
+ssl_options.fail_if_no_peer_cert = $([ -n "$verify_peer" ] && echo true || echo false)
+EOF
+    echo "$tls_port" >"$dir/tls_port"
+  fi
   echo '[rabbitmq_management].' >"$dir/enabled_plugins"
   # Our own (empty) env file, so /etc/rabbitmq/rabbitmq-env.conf (NODENAME
   # of the machine's node) is not applied to this node.
@@ -292,7 +314,9 @@ broker_ready() {
     # Launcher gone before the node came up: it failed; stop waiting.
     pid_alive "$launcher" || return 2
   fi
-  amqp_answers "$port" && mgmt_answers "$port"
+  amqp_answers "$port" && mgmt_answers "$port" || return 1
+  # The amqps listener, if any, is up too.
+  [ ! -s "$dir/tls_port" ] || port_in_use "$(cat "$dir/tls_port")"
 }
 
 broker_failure() {
@@ -422,10 +446,13 @@ redis_pid() {
 redis_running() { redis_pid "$1" >/dev/null; }
 
 launch_redis() {
-  local port=$1 replicaof=${2:-} dir
+  local port=$1 replicaof=${2:-} tls_port=${3:-} tls_dir=${4:-} dir
   dir=$(redis_dir "$port")
   redis_running "$port" && return 0
-  port_in_use "$port" && die "cannot start redis on $port: the port is in use by a process this script did not start"
+  local p
+  for p in "$port" $tls_port; do
+    port_in_use "$p" && die "cannot start redis on $port: port $p is in use by a process this script did not start"
+  done
   mkdir -p "$dir/data"
   rm -f "$dir/redis.pid"
   local args=(--daemonize yes --bind "$HOST" --port "$port" --save '' --appendonly no
@@ -434,6 +461,14 @@ launch_redis() {
   if [ -n "$replicaof" ]; then
     [[ "$replicaof" =~ ^[^:]+:[0-9]+$ ]] || die "--replicaof expects host:port, got '$replicaof'"
     args+=(--replicaof "${replicaof%:*}" "${replicaof##*:}")
+  fi
+  if [ -n "$tls_port" ]; then
+    local f
+    for f in ca.pem server-cert.pem server-key.pem; do
+      [ -r "$tls_dir/$f" ] || die "--tls: $tls_dir/$f is missing"
+    done
+    args+=(--tls-port "$tls_port" --tls-cert-file "$tls_dir/server-cert.pem"
+      --tls-key-file "$tls_dir/server-key.pem" --tls-ca-cert-file "$tls_dir/ca.pem" --tls-auth-clients no)
   fi
   log "starting redis on $HOST:$port${replicaof:+ (replica of $replicaof)}"
   (
@@ -456,7 +491,7 @@ wait_redis() {
 
 start_redis() {
   launch_redis "$@"
-  wait_redis "$@"
+  wait_redis "$1" "${2:-}"
   log "redis on $HOST:$1 is up (pid $(redis_pid "$1"))"
 }
 
@@ -597,11 +632,28 @@ case $cmd in
     "cmd_$cmd"
     ;;
   start-broker)
-    case $# in 1 | 2) ;; *) usage ;; esac
-    valid_port "$1"
-    [ "$1" -le 9999 ] || die "broker port must be <= 9999 (management port is \"1\"+port)"
+    [ $# -ge 1 ] || usage
+    port=$1 name= tls_port= tls_dir= verify_peer=
+    shift
+    if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then name=$1; shift; fi
+    while [ $# -gt 0 ]; do
+      case $1 in
+        --tls)
+          [ $# -ge 3 ] || usage
+          tls_port=$2
+          tls_dir=$(cd "$3" && pwd) || die "--tls: no directory $3"
+          shift 3
+          ;;
+        --verify-peer) verify_peer=1; shift ;;
+        *) usage ;;
+      esac
+    done
+    valid_port "$port"
+    [ -z "$tls_port" ] || valid_port "$tls_port"
+    [ -z "$verify_peer" ] || [ -n "$tls_port" ] || die "--verify-peer needs --tls"
+    [ "$port" -le 9999 ] || die "broker port must be <= 9999 (management port is \"1\"+port)"
     ensure_packages
-    with_lock "broker-$1" start_broker "$@"
+    with_lock "broker-$port" start_broker "$port" "$name" "$tls_port" "$tls_dir" "$verify_peer"
     ;;
   stop-broker)
     [ $# -eq 1 ] || usage
@@ -613,10 +665,29 @@ case $cmd in
     broker_pid "$1" || die "no running broker on $1 started by this script"
     ;;
   start-redis)
-    [ $# -eq 1 ] || { [ $# -eq 3 ] && [ "$2" = --replicaof ]; } || usage
-    valid_port "$1"
+    [ $# -ge 1 ] || usage
+    port=$1 replicaof= tls_port= tls_dir=
+    shift
+    while [ $# -gt 0 ]; do
+      case $1 in
+        --replicaof)
+          [ $# -ge 2 ] || usage
+          replicaof=$2
+          shift 2
+          ;;
+        --tls)
+          [ $# -ge 3 ] || usage
+          tls_port=$2
+          tls_dir=$(cd "$3" && pwd) || die "--tls: no directory $3"
+          shift 3
+          ;;
+        *) usage ;;
+      esac
+    done
+    valid_port "$port"
+    [ -z "$tls_port" ] || valid_port "$tls_port"
     ensure_packages
-    with_lock "redis-$1" start_redis "$1" "${3:-}"
+    with_lock "redis-$port" start_redis "$port" "$replicaof" "$tls_port" "$tls_dir"
     ;;
   stop-redis)
     [ $# -eq 1 ] || usage

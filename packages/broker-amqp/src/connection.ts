@@ -1,4 +1,4 @@
-import { isIP, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import amqp from 'amqplib';
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
 import {
@@ -18,6 +18,7 @@ import type {
   PublishOptions,
   TopologyDeclarer,
 } from './types.js';
+import { tlsFailure, tlsSocketOptions } from './tls.js';
 import { errorMessage, withTimeout } from './util.js';
 
 /** Which of the two connections to a broker. */
@@ -353,11 +354,18 @@ export class BrokerConnection {
       heartbeat: heartbeat === 'server' ? 0 : heartbeat,
       locale: 'en_US',
     };
+    // CA, client certificate and key from server_connection_options; files are read at every connect.
+    const tls = address.tls
+      ? await tlsSocketOptions(address).catch((error: unknown) => {
+          const message = `cannot connect (${role} connection): ${errorMessage(error)}`;
+          this.logger.warn({ server: this.server, role, err: error }, message);
+          throw new BrokerError('broker-connect', this.server, message, { cause: error });
+        })
+      : {};
     const attempt = amqp.connect(params, {
       timeout: timeoutMs,
       noDelay: true,
-      // SNI only for host names (RFC 6066 forbids IP addresses there; Node warns).
-      servername: address.tls && isIP(address.host) === 0 ? address.host : undefined,
+      ...tls,
       clientProperties: { connection_name: name },
     });
     let model: ChannelModel;
@@ -372,9 +380,11 @@ export class BrokerConnection {
       // A late success of an abandoned attempt is closed at once.
       attempt.then((late) => socketOf(late)?.destroy(), noop);
       const message = errorMessage(error);
-      const what = isAuthFailure(message)
-        ? `authentication failed for user ${JSON.stringify(address.user)} on vhost ${JSON.stringify(address.vhost)}`
-        : 'cannot connect';
+      const what =
+        tlsFailure(error, address.tlsOptions?.ca !== undefined) ??
+        (isAuthFailure(message)
+          ? `authentication failed for user ${JSON.stringify(address.user)} on vhost ${JSON.stringify(address.vhost)}`
+          : 'cannot connect');
       this.logger.warn({ server: this.server, role, err: error }, `${what}: ${message}`);
       throw new BrokerError('broker-connect', this.server, `${what} (${role} connection): ${message}`, {
         cause: error,

@@ -139,6 +139,15 @@ export const listFlag = (flags: FlagValues, name: string): string[] => {
   return Array.isArray(value) ? value : typeof value === 'string' ? [value] : [];
 };
 
+/** A `true`/`false` flag value (also yes/no, 1/0): `undefined` when absent; usage error otherwise. */
+export function booleanFlag(flags: FlagValues, name: string): boolean | undefined {
+  const raw = stringFlag(flags, name);
+  if (raw === undefined) return undefined;
+  if (/^(?:true|yes|1)$/i.test(raw.trim())) return true;
+  if (/^(?:false|no|0)$/i.test(raw.trim())) return false;
+  throw new UsageError(`--${name} must be true or false, got ${JSON.stringify(raw)}`);
+}
+
 /** A number flag: `undefined` when absent; usage error naming the flag when not a number in range. */
 export function numberFlag(
   flags: FlagValues,
@@ -252,6 +261,8 @@ export function configFromFlags(flags: FlagValues): {
   return { input: input, sources };
 }
 
+const CLI_VARIABLES = new Set(['BEETLE_CONFIG_FILE', 'BEETLE_TARGET_REDIS_PASSWORD']);
+
 /**
  * The merged configuration: defaults < configuration file (`--config-file`, else env `BEETLE_CONFIG_FILE`) <
  * environment (`BEETLE_<RUBY_NAME>`) < flags. Errors are `ConfigurationError`s naming the key (and the flag,
@@ -268,7 +279,8 @@ export async function loadConfig(
       ? {}
       : {
           onIgnoredKey: (ignored: { key: string; source: string; reason: string }) => {
-            if (ignored.key !== 'BEETLE_CONFIG_FILE') {
+            // Read by the CLI itself, not configuration options.
+            if (!CLI_VARIABLES.has(ignored.key)) {
               onIgnored(`ignoring ${ignored.key} (${ignored.source}): ${ignored.reason}`);
             }
           },

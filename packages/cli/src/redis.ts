@@ -33,6 +33,8 @@ export interface RespClientOptions {
   readonly db?: number;
   readonly password?: string | undefined;
   readonly tls?: boolean;
+  /** Verify the server's certificate (default: unless `OPENSSL_SSL_VERIFY_NONE=1`, as Ruby Beetle). */
+  readonly rejectUnauthorized?: boolean;
   /** Milliseconds. */
   readonly connectTimeoutMs?: number;
   /** Milliseconds a command may wait for its reply. */
@@ -63,6 +65,9 @@ const asArray = (value: RespValue): RespValue[] => {
   throw new RedisConnectionError(`expected an array reply, got ${describe(value)}`);
 };
 
+/** Ruby Beetle's switch: `OPENSSL_SSL_VERIFY_NONE=1` turns certificate verification off for Redis TLS. */
+export const verifiesTls = (env: NodeJS.ProcessEnv): boolean => env['OPENSSL_SSL_VERIFY_NONE'] !== '1';
+
 export class RespClient {
   private constructor(
     readonly address: string,
@@ -81,7 +86,7 @@ export class RespClient {
         ? {
             tls: {
               servername: net.isIP(host) === 0 ? host : undefined,
-              rejectUnauthorized: process.env['OPENSSL_SSL_VERIFY_NONE'] !== '1',
+              rejectUnauthorized: options.rejectUnauthorized ?? verifiesTls(process.env),
             },
           }
         : {}),

@@ -142,6 +142,57 @@ describe('config', () => {
     });
     expect(json.stdout).not.toContain('secret');
   });
+
+  it('masks TLS passphrases and inline private keys (also under Bunny names), shows file paths', async () => {
+    const file = tempFile(
+      'beetle.yml',
+      [
+        'servers: tls1:5671,tls2:5671',
+        'server_connection_options:',
+        '  "tls1:5671":',
+        '    ssl: true',
+        '    ca: /etc/beetle/ca.pem',
+        '    cert: /etc/beetle/client.pem',
+        '    key: /etc/beetle/client-key.pem',
+        '    passphrase: key-secret',
+        '  "tls2:5671":',
+        '    ssl: true',
+        '    pass: tls2-secret',
+        '    tls_key: |',
+        '      -----BEGIN ENCRYPTED PRIVATE KEY-----',
+        '      MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAhsecretkeymaterial',
+        '      -----END ENCRYPTED PRIVATE KEY-----',
+        '    passphrase: other-secret',
+        '    pfx: /etc/beetle/client.p12',
+      ].join('\n'),
+    );
+    for (const argv of [['config'], ['config', '--json']]) {
+      const result = await run([...argv, '--config-file', file]);
+      expect(result.code).toBe(0);
+      expect(result.stdout).not.toMatch(/secret|PRIVATE KEY/);
+      const options = (
+        argv.includes('--json')
+          ? (JSON.parse(result.stdout) as Record<string, unknown>)['server_connection_options']
+          : JSON.parse(/^server_connection_options: (.*)$/m.exec(result.stdout)?.[1] ?? 'null')
+      ) as Record<string, Record<string, unknown>>;
+      expect(options).toEqual({
+        'tls1:5671': {
+          tls: true,
+          ca: '/etc/beetle/ca.pem',
+          cert: '/etc/beetle/client.pem',
+          key: '/etc/beetle/client-key.pem',
+          passphrase: '********',
+        },
+        'tls2:5671': {
+          tls: true,
+          password: '********',
+          tls_key: '********',
+          passphrase: '********',
+          pfx: '/etc/beetle/client.p12',
+        },
+      });
+    }
+  });
 });
 
 describe('unreachable services exit 1 with one line and no stack', () => {

@@ -20,6 +20,7 @@ export {
   type BeetleConfig,
   type BeetleConfigInput,
   type BrokerAddress,
+  type BrokerTlsOptions,
   type ConfigOptionInfo,
   type ConfigReadOptions,
   type IgnoredConfigKey,

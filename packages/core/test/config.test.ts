@@ -527,6 +527,81 @@ describe('brokerAddress', () => {
     });
   });
 
+  it('carries TLS settings of a server with tls (CA as a list), Bunny names as fallbacks', () => {
+    const tlsConfig = createConfig({
+      servers: 'r1:5671, r2:5671, r3:5671',
+      serverConnectionOptions: {
+        'r1:5671': {
+          ssl: true,
+          ca: '/etc/ca.pem',
+          cert: '/etc/client.pem',
+          key: '/etc/client-key.pem',
+          passphrase: 'pw',
+          servername: 'rabbit.internal',
+          rejectUnauthorized: true,
+        },
+        'r2:5671': {
+          ssl: true,
+          tls_ca_certificates: ['/etc/a.pem', '/etc/b.pem'],
+          tls_cert: '/etc/c.pem',
+          tls_key: '/etc/k.pem',
+          verify_peer: false,
+        },
+        'r3:5671': { ssl: true },
+      },
+    });
+    expect(brokerAddress(tlsConfig, 'r1:5671').tlsOptions).toEqual({
+      ca: ['/etc/ca.pem'],
+      cert: '/etc/client.pem',
+      key: '/etc/client-key.pem',
+      passphrase: 'pw',
+      servername: 'rabbit.internal',
+      rejectUnauthorized: true,
+    });
+    expect(brokerAddress(tlsConfig, 'r2:5671').tlsOptions).toEqual({
+      ca: ['/etc/a.pem', '/etc/b.pem'],
+      cert: '/etc/c.pem',
+      key: '/etc/k.pem',
+      rejectUnauthorized: false,
+    });
+    expect(brokerAddress(tlsConfig, 'r3:5671')).not.toHaveProperty('tlsOptions');
+  });
+
+  it.each([
+    [
+      { tls: true, ca: [] },
+      'serverConnectionOptions.a:5671.ca',
+      'PEM text, a file path or a non-empty array',
+    ],
+    [{ tls: true, cert: 1 }, 'serverConnectionOptions.a:5671.cert', 'PEM text or a file path'],
+    [
+      { tls: true, rejectUnauthorized: 'no' },
+      'serverConnectionOptions.a:5671.rejectUnauthorized',
+      'a boolean',
+    ],
+    [{ tls: true, ca: 'x', tls_ca_certificates: ['y'] }, 'serverConnectionOptions.a:5671', 'both `ca` and'],
+    // TLS material on a plain connection would be ignored: refused instead.
+    [{ ca: '/etc/ca.pem' }, 'serverConnectionOptions.a:5671', 'sets TLS options (`ca`) but not `tls: true`'],
+    [
+      { ssl: false, tls_key: 'k', passphrase: 'p' },
+      'serverConnectionOptions.a:5671',
+      '(`tls_key`, `passphrase`)',
+    ],
+  ])('rejects the TLS settings %o', (options, key, problem) => {
+    const input = { serverConnectionOptions: { 'a:5671': options } } as BeetleConfigInput;
+    const error = configError(() => createConfig(input));
+    expect(error.key).toBe(key);
+    expect(error.message).toContain(problem);
+  });
+
+  it('does not echo the password of a URL given as a server', () => {
+    const error = configError(() => createConfig({ servers: 'amqps://beetle:s3cret@rabbit:5671' }));
+    expect(error.key).toBe('servers');
+    expect(error.message).not.toContain('s3cret');
+    expect(error.message).toContain('amqps://beetle:********@rabbit:5671');
+    expect(error.message).toContain('credentials and TLS go into server_connection_options');
+  });
+
   it('accepts bracketed IPv6 addresses and rejects invalid servers', () => {
     expect(brokerAddress(config, '[::1]:5673')).toMatchObject({
       host: '::1',

@@ -122,23 +122,51 @@ function makeHandle(kind: 'broker' | 'redis', port: number, startArgs: readonly 
   };
 }
 
+/** A TLS listener next to the plain one, with the files of `createTlsFiles` (ca.pem, server-cert.pem, ...). */
+export interface TlsListener {
+  readonly port: number;
+  /** Directory holding ca.pem, server-cert.pem and server-key.pem. */
+  readonly certDir: string;
+}
+
+function tlsArgs(kind: string, tls: TlsListener | undefined): string[] {
+  if (tls === undefined) return [];
+  checkDisposablePort(kind, tls.port);
+  return ['--tls', String(tls.port), tls.certDir];
+}
+
 /**
  * Starts a disposable RabbitMQ node on 127.0.0.1:amqpPort (management on "1"+port, Erlang
  * distribution on amqpPort+20000) via `scripts/services.sh start-broker`. Takes ~6-10 s.
+ * `tls` adds an amqps listener; `verifyPeer` makes it demand a client certificate signed by the CA.
  */
-export async function startBroker(amqpPort: number): Promise<ServiceHandle> {
+export async function startBroker(
+  amqpPort: number,
+  opts: { tls?: TlsListener & { verifyPeer?: boolean } } = {},
+): Promise<ServiceHandle> {
   checkDisposablePort('startBroker', amqpPort);
   if (amqpPort > 9999)
     throw new Error(`startBroker: port ${amqpPort} too large, management port is "1"+port`);
-  const handle = makeHandle('broker', amqpPort, []);
+  const args = [...tlsArgs('startBroker', opts.tls), ...(opts.tls?.verifyPeer ? ['--verify-peer'] : [])];
+  const handle = makeHandle('broker', amqpPort, args);
   await handle.start();
   return handle;
 }
 
-/** Starts a disposable Redis (no persistence) on 127.0.0.1:port, optionally as a replica. */
-export async function startRedis(port: number, opts: { replicaOf?: string } = {}): Promise<ServiceHandle> {
+/**
+ * Starts a disposable Redis (no persistence) on 127.0.0.1:port, optionally as a replica; `tls` adds a TLS
+ * port (no client certificates required).
+ */
+export async function startRedis(
+  port: number,
+  opts: { replicaOf?: string; tls?: TlsListener } = {},
+): Promise<ServiceHandle> {
   checkDisposablePort('startRedis', port);
-  const handle = makeHandle('redis', port, opts.replicaOf ? ['--replicaof', opts.replicaOf] : []);
+  const args = [
+    ...(opts.replicaOf ? ['--replicaof', opts.replicaOf] : []),
+    ...tlsArgs('startRedis', opts.tls),
+  ];
+  const handle = makeHandle('redis', port, args);
   await handle.start();
   return handle;
 }

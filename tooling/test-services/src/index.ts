@@ -12,7 +12,8 @@ import { dockerAvailable, startDockerServices } from './docker.js';
 import { runServicesScript } from './exec.js';
 import { parseAddress, probeAmqp, probeRedis } from './probe.js';
 
-export { startBroker, startRedis, type ServiceHandle } from './handles.js';
+export { startBroker, startRedis, type ServiceHandle, type TlsListener } from './handles.js';
+export { createTlsFiles, type TlsFileOptions, type TlsFiles } from './tls.js';
 export {
   AMQP_PROTOCOL_HEADER,
   exchange,

@@ -1,7 +1,10 @@
+import { randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core';
 import { isRedisAddress } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
 import {
+  booleanFlag,
   databasesFlag,
   durationFlag,
   numberFlag,
@@ -9,7 +12,7 @@ import {
   UsageError,
   type FlagValues,
 } from '../options.js';
-import { RespClient, type RespArg } from '../redis.js';
+import { connectRedis, verifiesTls, type RespArg, type RespClient, type RespValue } from '../redis.js';
 import { escapeGlob, scanDatabase, scanSettings, storeToolFlags, withRestarts } from './scan.js';
 
 const queuePrefixFlag = {
@@ -149,6 +152,102 @@ longer exists; a negative value keeps messages that expired less than that long 
   },
 };
 
+/** Environment variable with the AUTH password of `copy-keys`' target (not in the process list, unlike a flag). */
+export const TARGET_PASSWORD_ENV = 'BEETLE_TARGET_REDIS_PASSWORD';
+
+/** Bound for a password read from a file or stdin. */
+const MAX_PASSWORD_BYTES = 64 * 1024;
+
+/** The content of `source` without one trailing newline (`echo pw > file`, `printf pw |` both work). */
+async function readPassword(source: AsyncIterable<Buffer | string>, label: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of source) {
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    size += bytes.length;
+    if (size > MAX_PASSWORD_BYTES)
+      throw new UsageError(`${label} is longer than ${MAX_PASSWORD_BYTES} bytes`);
+    chunks.push(bytes);
+  }
+  const password = Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
+  if (password === '') throw new UsageError(`${label} is empty`);
+  return password;
+}
+
+/**
+ * The target's password: `--target-password-file <file|->`, else the deprecated `--target-password` (with a
+ * warning: the process list shows it to every user of the machine), else `BEETLE_TARGET_REDIS_PASSWORD`.
+ */
+async function targetPassword(ctx: CommandContext): Promise<string | undefined> {
+  const flag = stringFlag(ctx.flags, 'target-password');
+  const file = stringFlag(ctx.flags, 'target-password-file');
+  if (flag !== undefined && file !== undefined) {
+    throw new UsageError('give either --target-password-file or --target-password, not both');
+  }
+  if (file !== undefined) {
+    const label = file === '-' ? 'the target password on stdin' : `--target-password-file ${file}`;
+    try {
+      return await readPassword(file === '-' ? ctx.io.stdin : createReadStream(file), label);
+    } catch (error) {
+      if (error instanceof UsageError) throw error;
+      throw new UsageError(`cannot read ${label}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+  if (flag !== undefined) {
+    ctx.print.err(
+      `beetle: --target-password is deprecated: every user of this machine can read it in the process list; ` +
+        `set ${TARGET_PASSWORD_ENV} or use --target-password-file instead`,
+    );
+    return flag;
+  }
+  const env = ctx.io.env[TARGET_PASSWORD_ENV];
+  return env === undefined || env === '' ? undefined : env;
+}
+
+/**
+ * Whether `destination` is the keyspace `source` reads (same server and database), however it was named
+ * (`localhost` vs `127.0.0.1`, a DNS alias, a proxy): a random probe key written to the destination is visible
+ * through the source connection. It expires by itself should the DEL not get through.
+ */
+async function sameKeyspace(source: RespClient, destination: RespClient): Promise<boolean> {
+  const probe = `beetle:copy-keys:probe:${randomUUID()}`;
+  await destination.call('SET', probe, '1', 'PX', 60_000);
+  try {
+    return (await source.call('EXISTS', probe)) === 1;
+  } finally {
+    await destination.call('DEL', probe);
+  }
+}
+
+/**
+ * The commands writing one message's keys to the target: MSET for keys without a TTL, SET PX for keys with one
+ * (e.g. a `:status` key kept for `redisStatusKeyExpiryInterval`), so they expire there as on the source. Keys
+ * gone meanwhile (no value, or PTTL -2/0) are left out.
+ */
+function copyCommands(
+  msgId: string,
+  values: RespValue,
+  ttls: readonly RespValue[],
+): { commands: RespArg[][]; keys: number; withTtl: number } {
+  if (!Array.isArray(values)) {
+    throw values instanceof Error ? values : new Error(`MGET of ${msgId} failed`);
+  }
+  const persistent: RespArg[] = [];
+  const expiring: RespArg[][] = [];
+  allKeys(msgId).forEach((name, j) => {
+    const value = values[j];
+    const ttl = ttls[j];
+    if (!Buffer.isBuffer(value)) return;
+    if (ttl instanceof Error) throw ttl;
+    if (ttl === -1) persistent.push(name, value);
+    else if (typeof ttl === 'number' && ttl > 0) expiring.push(['SET', name, value, 'PX', ttl]);
+  });
+  const commands = persistent.length > 0 ? [['MSET', ...persistent], ...expiring] : expiring;
+  return { commands, keys: persistent.length / 2 + expiring.length, withTtl: expiring.length };
+}
+
 export const copyKeysCommand: CommandSpec = {
   name: 'copy-keys',
   aliases: ['copy_queue_keys'],
@@ -156,9 +255,13 @@ export const copyKeysCommand: CommandSpec = {
   args: '',
   positionals: { min: 0, max: 0 },
   description: `Go's copy_queue_keys: for every msgid:<prefix>*:expires key whose value is at least
-now + --copy-after seconds, reads the 8 keys of that message (MGET) and writes the existing ones to
---target-redis (MSET, same database; TTLs are not copied), e.g. to move a queue's consumers to another
-dedup store without handling its messages twice.`,
+now + --copy-after seconds, copies the existing ones of the 8 keys of that message to --target-redis (same
+database unless --target-db), e.g. to move a queue's consumers to another dedup store without handling its
+messages twice. Unlike Go, keys with a TTL keep it (PTTL on the source, SET PX on the target).
+The target's password comes from --target-password-file (a file, or - for stdin) or the environment variable
+${TARGET_PASSWORD_ENV}; --target-password is deprecated (the process list shows it). The target uses TLS
+as redis_tls says unless --target-tls says otherwise. Copying onto the source itself (the same server and
+database under any name) is refused.`,
   flags: {
     ...queuePrefixFlag,
     'copy-after': {
@@ -172,10 +275,27 @@ dedup store without handling its messages twice.`,
       value: '<n>',
       description: 'database on the target (default: the same as the source, as in Go)',
     },
-    'target-password': { type: 'string', value: '<password>', description: 'AUTH password of the target' },
+    'target-password-file': {
+      type: 'string',
+      value: '<file|->',
+      description: `file with the target's AUTH password, - for stdin (or env ${TARGET_PASSWORD_ENV})`,
+    },
+    'target-password': {
+      type: 'string',
+      value: '<password>',
+      description: `deprecated (visible in the process list): use ${TARGET_PASSWORD_ENV} or --target-password-file`,
+    },
+    'target-tls': {
+      type: 'string',
+      value: '<true|false>',
+      description: 'connect to the target with TLS (default: redis_tls)',
+    },
     ...storeToolFlags,
   },
-  examples: ['beetle copy-keys --queue-prefix orders --target-redis redis2:6379 --copy-after 0'],
+  examples: [
+    'beetle copy-keys --queue-prefix orders --target-redis redis2:6379 --copy-after 0',
+    `${TARGET_PASSWORD_ENV}=... beetle copy-keys --queue-prefix orders --target-redis redis2:6379`,
+  ],
   async run(ctx) {
     const prefix = requiredPrefix(ctx.flags);
     const after = durationFlag(ctx.flags, 'copy-after') ?? 0;
@@ -188,24 +308,32 @@ dedup store without handling its messages twice.`,
     if (targetDb !== undefined && databases.length > 1) {
       throw new UsageError('--target-db needs exactly one source database (--databases)');
     }
+    const targetTls = booleanFlag(ctx.flags, 'target-tls') ?? ctx.config.redisTls;
+    const password = await targetPassword(ctx);
     const { count, pauseMs } = scanSettings(ctx, 1000);
     const match = `msgid:${escapeGlob(prefix)}*:expires`;
     await withRestarts(ctx, async (watcher, connect) => {
       for (const db of databases) {
         const redis = await connect(db);
         const destinationDb = targetDb ?? db;
-        if (target === watcher.master && destinationDb === db) {
-          throw new UsageError(`--target-redis ${target} db ${db} is the source itself`);
-        }
-        const destination = await RespClient.connect(target, {
-          db: destinationDb,
-          password: stringFlag(ctx.flags, 'target-password'),
-          connectTimeoutMs: ctx.config.redisConnectTimeout * 1000,
+        // The target's own password (none unless given), not the source's redis_password.
+        const destination = await connectRedis(ctx.config, target, destinationDb, {
+          password,
+          tls: targetTls,
+          rejectUnauthorized: verifiesTls(ctx.io.env),
         });
         try {
+          if (await sameKeyspace(redis, destination)) {
+            throw new UsageError(
+              `--target-redis ${target} db ${destinationDb} is the source itself (${watcher.master} db ${db}: ` +
+                'a probe key written to the target showed up on the source)',
+            );
+          }
           const limit = Math.floor(Date.now() / 1000) + after;
           let messages = 0;
           let written = 0;
+          let withTtl = 0;
+          const stride = 1 + KEY_SUFFIXES.length;
           await scanDatabase(
             ctx,
             redis,
@@ -213,20 +341,25 @@ dedup store without handling its messages twice.`,
             { match, count, pauseMs, label: `copy db ${db}` },
             async (keys) => {
               const wanted = (await expiries(redis, keys)).filter((e) => e.expiresAt >= limit);
-              const fetched = await redis.pipeline(wanted.map((e) => ['MGET', ...allKeys(e.msgId)]));
+              const fetched = await redis.pipeline(
+                wanted.flatMap((e) => {
+                  const names = allKeys(e.msgId);
+                  return [['MGET', ...names], ...names.map((name) => ['PTTL', name])];
+                }),
+              );
               const commands: RespArg[][] = [];
               wanted.forEach((entry, i) => {
-                const values = fetched[i];
-                if (!Array.isArray(values)) throw new Error(`MGET of ${entry.msgId} failed`);
-                const pairs: RespArg[] = [];
-                allKeys(entry.msgId).forEach((name, j) => {
-                  const value = values[j];
-                  if (Buffer.isBuffer(value)) pairs.push(name, value);
-                });
-                if (pairs.length === 0) return;
-                commands.push(['MSET', ...pairs]);
+                const at = i * stride;
+                const copy = copyCommands(
+                  entry.msgId,
+                  fetched[at] ?? null,
+                  fetched.slice(at + 1, at + stride),
+                );
+                if (copy.keys === 0) return;
+                commands.push(...copy.commands);
                 messages++;
-                written += pairs.length / 2;
+                written += copy.keys;
+                withTtl += copy.withTtl;
               });
               const replies = await destination.pipeline(commands);
               const failed = replies.find((r) => r instanceof Error);
@@ -236,7 +369,7 @@ dedup store without handling its messages twice.`,
           );
           ctx.print.out(
             `db ${db}: copied ${messages} messages (${written} keys) of queues "${prefix}*" from ${watcher.master} ` +
-              `to ${target} db ${destinationDb}`,
+              `to ${target} db ${destinationDb}${targetTls ? ' (TLS)' : ''}; ${withTtl} keys with their TTL`,
           );
         } finally {
           destination.close();

@@ -3,7 +3,13 @@ import { NoRedisMasterError, type BeetleConfig } from '@beetle/core';
 import type { CommandContext } from '../command.js';
 import { numberFlag, type FlagSpecs } from '../options.js';
 import { errorMessage, oneLine, Progress } from '../output.js';
-import { connectRedis, RedisConnectionError, resolveRedisMaster, type RespClient } from '../redis.js';
+import {
+  connectRedis,
+  RedisConnectionError,
+  resolveRedisMaster,
+  verifiesTls,
+  type RespClient,
+} from '../redis.js';
 
 /** Flags of the dedup store tools (the Go command's `--redis-gc-*` names are accepted as aliases). */
 export const storeToolFlags: FlagSpecs = {
@@ -123,7 +129,9 @@ export async function withRestarts<T>(
     try {
       const watcher = await MasterWatcher.create(ctx.config);
       const connect = async (db: number): Promise<RespClient> => {
-        const client = await connectRedis(ctx.config, watcher.master, db);
+        const client = await connectRedis(ctx.config, watcher.master, db, {
+          rejectUnauthorized: verifiesTls(ctx.io.env),
+        });
         clients.push(client);
         return client;
       };

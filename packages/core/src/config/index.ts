@@ -21,4 +21,5 @@ export {
   parseServerAddress,
   parseServerList,
   type BrokerAddress,
+  type BrokerTlsOptions,
 } from './servers.js';

@@ -15,7 +15,24 @@ export interface ServerConnectionOptions {
   /** Ruby merges the whole hash over `{host, port, ...}`, so these override the server string too. */
   host?: string;
   port?: number;
-  /** Anything else is kept as given for the broker layer (e.g. TLS material); Beetle itself ignores it. */
+  /**
+   * TLS (only with `tls: true`): the CA certificate(s) to trust instead of Node's default list, as PEM text or
+   * file paths (read at every connect). Bunny's `tls_ca_certificates` is read when this is unset.
+   */
+  ca?: string | string[];
+  /** TLS client certificate, PEM text or a file path (Bunny: `tls_cert`). */
+  cert?: string;
+  /** TLS client key, PEM text or a file path (Bunny: `tls_key`). */
+  key?: string;
+  /** Passphrase of an encrypted `key` or `pfx`. */
+  passphrase?: string;
+  /** TLS client certificate and key as a PKCS#12 file (path). */
+  pfx?: string;
+  /** Name sent as SNI and checked against the broker's certificate (default: the host, unless an IP address). */
+  servername?: string;
+  /** `false` accepts any broker certificate (default `true`; Bunny: `verify_peer`). */
+  rejectUnauthorized?: boolean;
+  /** Anything else is kept as given for the broker layer; Beetle itself ignores it. */
   [key: string]: unknown;
 }
 
@@ -268,7 +285,8 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
   serverConnectionOptions: {
     type: 'serverConnectionOptions',
     default: {},
-    description: 'per-server overrides: `{"host:port": {user, pass, vhost, ssl}}`',
+    description:
+      'per-server overrides: `{"host:port": {user, pass, vhost, ssl, ca, cert, key, passphrase, pfx, servername, rejectUnauthorized}}`',
   },
   vhost: str('/', 'AMQP virtual host'),
   user: { type: 'string', default: 'guest', description: 'AMQP user' },

@@ -70,8 +70,38 @@ function checkServerList(option: ConfigOptionInfo, value: unknown, subject: Subj
   return servers;
 }
 
+const isNonEmptyString = (v: unknown): boolean => typeof v === 'string' && v !== '';
+const pemOrPath: readonly [string, (v: unknown) => boolean] = ['PEM text or a file path', isNonEmptyString];
+const pemsOrPaths: readonly [string, (v: unknown) => boolean] = [
+  'PEM text, a file path or a non-empty array of them',
+  (v) => isNonEmptyString(v) || (Array.isArray(v) && v.length > 0 && v.every(isNonEmptyString)),
+];
+
+/** TLS settings of a server (ours, and Bunny's names that Ruby configurations use), read only with `tls`. */
+const tlsOptionChecks = new Map<string, readonly [expected: string, ok: (v: unknown) => boolean]>([
+  ['ca', pemsOrPaths],
+  ['tls_ca_certificates', pemsOrPaths],
+  ['cert', pemOrPath],
+  ['tls_cert', pemOrPath],
+  ['key', pemOrPath],
+  ['tls_key', pemOrPath],
+  ['pfx', ['a file path', isNonEmptyString]],
+  ['passphrase', ['a string', (v) => typeof v === 'string']],
+  ['servername', ['a non-empty string', isNonEmptyString]],
+  ['rejectUnauthorized', ['a boolean', (v) => typeof v === 'boolean']],
+  ['verify_peer', ['a boolean', (v) => typeof v === 'boolean']],
+]);
+/** Our TLS names and the Bunny names read when ours are unset: setting both is ambiguous. */
+export const bunnyTlsNames: ReadonlyMap<string, string> = new Map([
+  ['ca', 'tls_ca_certificates'],
+  ['cert', 'tls_cert'],
+  ['key', 'tls_key'],
+  ['rejectUnauthorized', 'verify_peer'],
+]);
+
 /** The connection options Beetle reads, with their check; other keys are passed through to the broker layer. */
 const connectionOptionChecks = new Map<string, readonly [expected: string, ok: (v: unknown) => boolean]>([
+  ...tlsOptionChecks,
   ['user', ['a string', (v) => typeof v === 'string']],
   ['password', ['a string', (v) => typeof v === 'string']],
   ['vhost', ['a non-empty string', (v) => typeof v === 'string' && v !== '']],
@@ -112,8 +142,19 @@ function checkConnectionOptions(
         seen.add(name);
         const check = connectionOptionChecks.get(name);
         if (check !== undefined && !check[1](v)) mustBe(at(key), check[0], v);
-        return [name, v];
+        return [name, Array.isArray(v) ? [...(v as unknown[])] : v];
       });
+      for (const [ours, bunny] of bunnyTlsNames) {
+        if (seen.has(ours) && seen.has(bunny)) fail(at(), `must not set both \`${ours}\` and \`${bunny}\``);
+      }
+      // TLS material next to a plain connection would be ignored without a word: refuse it.
+      const tlsKeys = [...seen].filter((name) => tlsOptionChecks.has(name));
+      if (tlsKeys.length > 0 && !entries.some(([name, v]) => name === 'tls' && v === true)) {
+        fail(
+          at(),
+          `sets TLS options (${tlsKeys.map((k) => `\`${k}\``).join(', ')}) but not \`tls: true\` (Ruby: \`ssl: true\`)`,
+        );
+      }
       return [server, Object.fromEntries(entries)];
     }),
   );
