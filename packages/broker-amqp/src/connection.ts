@@ -5,6 +5,7 @@ import {
   BrokerError,
   ClosedError,
   coalesceWrites,
+  InvalidPublishError,
   Topology,
   type ExchangeDefinition,
   type Logger,
@@ -594,44 +595,86 @@ class AmqpPublishChannel implements PublishChannel {
       try {
         this.write(exchange, routingKey, body, props, undefined);
       } catch (error) {
-        return Promise.reject(
-          this.closedError ??
-            new BrokerError('broker-closed', this.server, `publish failed: ${errorMessage(error)}`, {
-              cause: error,
-            }),
-        );
+        return Promise.reject(this.writeError(error));
       }
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
       const id = ++this.sequence;
       this.pending.set(id, { resolve, reject, deadline: Date.now() + this.timeoutMs });
-      try {
-        this.write(exchange, routingKey, body, props, (error: unknown) => {
-          const entry = this.pending.get(id);
-          if (!entry) return;
-          this.pending.delete(id);
-          if (error === null || error === undefined) entry.resolve();
-          else if (this.closedError || this.closeReason || errorMessage(error) === 'channel closed')
-            entry.reject(outcomeUnknown(this.channelClosedError()));
-          else
-            entry.reject(
-              new BrokerError('broker-closed', this.server, `publish not confirmed: ${errorMessage(error)}`, {
-                cause: error,
-              }),
-            );
-        });
-      } catch (error) {
+      const onConfirm = (error: unknown): void => {
+        const entry = this.pending.get(id);
+        if (!entry) return;
         this.pending.delete(id);
-        reject(
-          this.closedError ??
-            new BrokerError('broker-closed', this.server, `publish failed: ${errorMessage(error)}`, {
+        if (error === null || error === undefined) entry.resolve();
+        else if (this.closedError || this.closeReason || errorMessage(error) === 'channel closed')
+          entry.reject(outcomeUnknown(this.channelClosedError()));
+        else
+          entry.reject(
+            new BrokerError('broker-closed', this.server, `publish not confirmed: ${errorMessage(error)}`, {
               cause: error,
             }),
-        );
+          );
+      };
+      try {
+        this.write(exchange, routingKey, body, props, onConfirm);
+      } catch (error) {
+        this.pending.delete(id);
+        this.unqueueConfirm(onConfirm);
+        reject(this.writeError(error));
         return;
       }
       this.sweeper ??= this.startSweeper();
+    });
+  }
+
+  /**
+   * What a publish that threw in amqplib rejects with. amqplib encodes both frames before writing either, so
+   * nothing was sent. Its encoders throw TypeError/RangeError for input they cannot encode (a bigint header,
+   * a shortstr over 255 bytes, priority 256, a cyclic header…): a caller error, not a broker failure, so the
+   * publisher neither fails over nor marks the broker dead. Anything else (amqplib's IllegalOperationError on
+   * a closed connection) is the channel's.
+   */
+  private writeError(error: unknown): Error {
+    if (this.closedError) return this.closedError;
+    if (error instanceof TypeError || error instanceof RangeError) {
+      return new InvalidPublishError('message', `amqplib cannot encode the message: ${errorMessage(error)}`, {
+        cause: error,
+      });
+    }
+    return new BrokerError('broker-closed', this.server, `publish failed: ${errorMessage(error)}`, {
+      cause: error,
+    });
+  }
+
+  /**
+   * amqplib's ConfirmChannel queues the confirm callback BEFORE encoding; when encoding throws, the callback
+   * stays in its window and every later confirm resolves the publish before it (the last one never: a stall
+   * until the confirm timeout, a killed connection, messages sent again). The callback is the window's last
+   * entry (nothing runs between the push and the throw): take it out. Should amqplib's window ever look
+   * different, the channel's confirm sequence cannot be trusted: close it, failing its pending confirms as
+   * outcome unknown (they were written), rather than confirm the wrong publishes.
+   */
+  private unqueueConfirm(callback: (error: unknown) => void): void {
+    const window = (this.channel as unknown as { unconfirmed?: unknown }).unconfirmed;
+    if (Array.isArray(window) && window[window.length - 1] === callback) {
+      window.pop();
+      return;
+    }
+    if (this.closedError) return; // closing anyway: amqplib fails every queued callback
+    const error = new BrokerError(
+      'broker-closed',
+      this.server,
+      'publish channel closed: its confirm sequence is unknown after a publish amqplib could not encode',
+    );
+    this.hooks.logger.error({ server: this.server }, error.message);
+    this.closedError = error;
+    this.failAll(error);
+    this.channel.close().catch((closeError: unknown) => {
+      this.hooks.logger.warn(
+        { server: this.server, err: closeError },
+        `closing the publish channel: ${errorMessage(closeError)}`,
+      );
     });
   }
 

@@ -39,8 +39,9 @@ async function seed(
   queue: string,
   expires: number | null,
   suffixes: readonly string[] = KEY_SUFFIXES,
+  id: string = randomUUID(),
 ): Promise<string> {
-  const msgId = `msgid:${queue}:${randomUUID()}`;
+  const msgId = `msgid:${queue}:${id}`;
   const pairs: string[] = [];
   for (const suffix of suffixes) {
     if (suffix === 'expires') {
@@ -184,6 +185,54 @@ describe('delete-keys', () => {
     expect(await keysOf(source, soon)).toEqual([]);
     expect(await keysOf(source, later)).toHaveLength(8);
     expect(await keysOf(source, otherQueue)).toHaveLength(8);
+  });
+});
+
+describe('message ids that are not lowercase hex UUIDs (caller ids the publisher sends)', () => {
+  // Ruby's key pattern `msgid:[^:]*:[-0-9a-f]*` (and its Go collector) never matches these: their keys would stay
+  // forever. Consumers dedup them, so the tools must find them too.
+  const ids = ['ORDER-42', 'Order 7/x', randomUUID().toUpperCase()];
+
+  it('gc collects their expired messages and orphans, keeps the fresh ones', async () => {
+    const queue = `gcid${uid()}`;
+    const t = now();
+    const expired = await Promise.all(
+      ids.map((id) => seed(source, queue, t - 7200, KEY_SUFFIXES, `${id}-old`)),
+    );
+    const fresh = await Promise.all(
+      ids.map((id) => seed(source, queue, t + 86_400, ['status', 'expires'], `${id}-new`)),
+    );
+    const orphans = await Promise.all(
+      ids.map((id) => seed(source, queue, null, ['attempts', 'ack_count'], `${id}-orphan`)),
+    );
+    const result = await run(['gc', ...base]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(
+      /6 messages, 3 expired more than 3600s ago were deleted, 6 orphan keys were deleted/,
+    );
+    for (const msgId of [...expired, ...orphans]) expect(await keysOf(source, msgId)).toEqual([]);
+    for (const msgId of fresh) expect(await keysOf(source, msgId)).toEqual(['status', 'expires']);
+  });
+
+  it('gc --key-file, dump-expiries and delete-keys find them', async () => {
+    const queue = `toolid${uid()}`;
+    const t = now();
+    const [listed, other, soon] = await Promise.all(
+      ids.map((id) => seed(source, queue, t - 10_000, ['status', 'expires'], id)),
+    );
+    const dump = await run(['dump-expiries', ...base, '--queue-prefix', queue]);
+    expect(lines(dump.stdout).sort()).toEqual(
+      [listed, other, soon].map((msgId) => `${msgId}:expires:${t - 10_000}`).sort(),
+    );
+    const file = tempFile('id-keys.txt', `${listed}:expires\n`);
+    expect((await run(['gc', ...base, '--key-file', file])).code).toBe(0);
+    expect(await keysOf(source, listed!)).toEqual([]);
+    expect(await keysOf(source, other!)).toEqual(['status', 'expires']);
+    const deleted = await run(['delete-keys', ...base, '--queue-prefix', queue, '--delete-before', '0']);
+    expect(deleted.code).toBe(0);
+    expect(deleted.stdout).toContain(`2 of 2 messages of queues "${queue}*" were deleted`);
+    expect(await keysOf(source, other!)).toEqual([]);
+    expect(await keysOf(source, soon!)).toEqual([]);
   });
 });
 

@@ -7,14 +7,21 @@ export const FORMAT_VERSION = 1;
 export const FLAG_REDUNDANT = 1;
 export const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
 
-/** AMQP field-table values as amqplib encodes them. */
+/**
+ * AMQP field-table values amqplib 0.10 sends faithfully (`validatePublish` refuses the rest with an
+ * `InvalidPublishError` before anything is sent):
+ * - `number`: finite; beyond ±2^50 only integers within the signed 64-bit range (amqplib's `long`);
+ * - `bigint`: within `Number.MIN_SAFE_INTEGER..MAX_SAFE_INTEGER`, sent as that number (amqplib cannot encode
+ *   bigints; a larger one would lose digits, send it as a string);
+ * - arrays (no `undefined` items) and plain objects (not a `Date`, `Map` or class instance: amqplib would send
+ *   an empty table; no `"!"` key, amqplib's typed-value marker).
+ */
 export type HeaderValue =
   | string
   | number
   | boolean
   | bigint
   | Buffer
-  | Date
   | readonly HeaderValue[]
   | { readonly [key: string]: HeaderValue | null | undefined };
 
@@ -68,6 +75,39 @@ export function encodeBody(payload: Payload): Buffer {
 }
 
 /**
+ * A header value as amqplib can encode it: bigints within the safe integers become numbers (amqplib throws on
+ * a bigint). Returns the same value (no copy) when there is nothing to convert; other bigints are left for
+ * `validatePublish` to refuse.
+ */
+function wireValue(value: HeaderValue, depth = 0): HeaderValue {
+  if (typeof value === 'bigint') {
+    return value >= MIN_SAFE_BIGINT && value <= MAX_SAFE_BIGINT ? Number(value) : value;
+  }
+  // Deeper nesting (a cycle?) is left alone: validatePublish refuses it.
+  if (typeof value !== 'object' || Buffer.isBuffer(value) || depth > 64) return value;
+  if (Array.isArray(value)) {
+    const items = value as readonly HeaderValue[];
+    let copy: HeaderValue[] | undefined;
+    items.forEach((item, i) => {
+      const converted = item === undefined || item === null ? item : wireValue(item, depth + 1);
+      if (converted !== item) (copy ??= [...items])[i] = converted;
+    });
+    return copy ?? items;
+  }
+  const table = value as { readonly [key: string]: HeaderValue | null | undefined };
+  let copy: Record<string, HeaderValue | null | undefined> | undefined;
+  for (const key of Object.keys(table)) {
+    const item = table[key];
+    const converted = item === undefined || item === null ? item : wireValue(item, depth + 1);
+    if (converted !== item) (copy ??= { ...table })[key] = converted;
+  }
+  return copy ?? value;
+}
+
+const MIN_SAFE_BIGINT = BigInt(Number.MIN_SAFE_INTEGER);
+const MAX_SAFE_BIGINT = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
  * Builds the format-1 envelope Ruby Beetle publishes (reference §3.1, §12): user headers first (nulls
  * dropped), then `format_version`, `flags` and `expires_at` as AMQP strings.
  */
@@ -77,7 +117,7 @@ export function encodeMessage(payload: Payload, options: EncodeOptions = {}): En
   const expiresAt = now + Math.ceil(ttl);
   const headers: Record<string, HeaderValue> = {};
   for (const [key, value] of Object.entries(options.headers ?? {})) {
-    if (value !== null && value !== undefined) headers[key] = value;
+    if (value !== null && value !== undefined) headers[key] = wireValue(value);
   }
   headers.format_version = String(FORMAT_VERSION);
   headers.flags = options.redundant ? String(FLAG_REDUNDANT) : '0';

@@ -15,6 +15,7 @@ export type BeetleErrorReason =
   | 'broker-timeout'
   | 'broker-blocked'
   | 'publish-timeout'
+  | 'invalid-publish'
   | 'policy-request'
   | 'queue-setup'
   | 'closed'
@@ -77,15 +78,43 @@ export class UnknownQueueError extends BeetleError {
   }
 }
 
-/** A publish reached no broker. `errors` holds what each broker attempt failed with. */
+/**
+ * A publish reached no broker. `errors` holds what each broker attempt failed with. `outcomeUnknown`: at
+ * least one of them failed after the message was written (see `BrokerError.outcomeUnknown`), so a broker may
+ * hold it even though none confirmed it.
+ */
 export class NoMessageSentError extends BeetleError {
+  readonly outcomeUnknown: boolean;
+
   constructor(
     readonly messageName: string,
     readonly errors: readonly unknown[] = [],
   ) {
-    super('no-message-sent', `message ${JSON.stringify(messageName)} could not be sent to any broker`, {
-      cause: errors.at(-1),
-    });
+    const outcomeUnknown = errors.some((e) => e instanceof BrokerError && e.outcomeUnknown);
+    super(
+      'no-message-sent',
+      `message ${JSON.stringify(messageName)} could not be sent to any broker${outcomeUnknown ? ' (outcome unknown: a broker may have stored it)' : ''}`,
+      { cause: errors.at(-1) },
+    );
+    this.outcomeUnknown = outcomeUnknown;
+  }
+}
+
+/**
+ * The caller asked to publish something that cannot be sent, or that every consumer would drop: a message id
+ * that is empty, contains ":" or is longer than 255 bytes, a ttl that is not a positive finite number, a
+ * priority outside 0..255, a header amqplib cannot encode, a header table or frame too big, a routing key
+ * over 255 bytes. Nothing was sent and no broker counts as failed. `field` names the input at fault
+ * (`messageId`, `ttl`, `priority`, `key`, `exchange`, `replyTo`, `contentType`, `timestamp`, `headers` or
+ * `headers.<name>[.<name>…]`; `message` when amqplib itself refused to encode it).
+ */
+export class InvalidPublishError extends BeetleError {
+  constructor(
+    readonly field: string,
+    message: string,
+    options: BeetleErrorOptions = {},
+  ) {
+    super('invalid-publish', message, options);
   }
 }
 

@@ -36,3 +36,9 @@ export { acksOf } from './dedup/store.js';
 export { decideFailure, retryAt } from './dedup/decide.js';
 export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';
 export { coalesceWrites } from './coalesce-writes.js';
+export {
+  HEADER_TABLE_MAX_BYTES,
+  SHORTSTR_MAX_BYTES,
+  validatePublish,
+  type PublishTarget,
+} from './publish-validation.js';

@@ -5,9 +5,11 @@ import {
   BrokerError,
   ClosedError,
   encodeMessage,
+  InvalidPublishError,
   NoMessageSentError,
   PublishTimeoutError,
   silentLogger,
+  validatePublish,
   type BeetleConfig,
   type EncodedMessage,
   type Headers,
@@ -40,7 +42,10 @@ export interface PublishOptions {
   priority?: number;
   mandatory?: boolean;
   replyTo?: string;
-  /** Caller-chosen message id (idempotent publishing); a UUID v4 otherwise. Must not contain ":". */
+  /**
+   * Caller-chosen message id (idempotent publishing); a UUID v4 otherwise. Any non-empty string without ":" of
+   * up to 255 bytes; note that Ruby's garbage collectors only collect the keys of lowercase hex ids.
+   */
   messageId?: string;
 }
 
@@ -316,9 +321,9 @@ export class Publisher<M extends MessageMap = MessageMap> {
       return this.runSlow(definition, payload, options, deadline);
     const messageId = options.messageId ?? randomUUID();
     if (!(options.redundant ?? definition.redundant)) {
-      const server = this.selectNextServer();
-      if (server === undefined) return this.runSlow(definition, payload, options, deadline);
       const prepared = this.prepare(definition, payload, options, messageId, false);
+      const server = this.selectNextServer();
+      if (server === undefined) return this.runSlow(definition, payload, options, deadline, prepared);
       return this.publishOn(server, prepared).then(
         () => {
           this.succeeded(server);
@@ -328,7 +333,8 @@ export class Publisher<M extends MessageMap = MessageMap> {
         (error: unknown) => this.continueFailover(prepared, deadline, error, server),
       );
     }
-    if (this.live.length < 2) return this.runSlow(definition, payload, options, deadline);
+    const prepared = this.prepare(definition, payload, options, messageId, true);
+    if (this.live.length < 2) return this.runSlow(definition, payload, options, deadline, prepared);
     const first = this.selectNextServer() as string;
     const second = this.selectNextServer(new Set([first]));
     if (
@@ -336,9 +342,8 @@ export class Publisher<M extends MessageMap = MessageMap> {
       !this.isReady(first, definition.exchange) ||
       !this.isReady(second, definition.exchange)
     ) {
-      return this.runSlow(definition, payload, options, deadline);
+      return this.runSlow(definition, payload, options, deadline, prepared);
     }
-    const prepared = this.prepare(definition, payload, options, messageId, true);
     const copies = [this.publishOn(first, prepared), this.publishOn(second, prepared)];
     return Promise.all(copies).then(
       () => {
@@ -357,6 +362,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
     error: unknown,
     server: string,
   ): Promise<number> {
+    if (error instanceof InvalidPublishError) throw error;
     const errors: unknown[] = [error];
     const tries = this.servers.length * 2 - 1;
     this.attemptFailed(prepared.name, prepared.message.properties.messageId, server, error, tries % 2 === 0);
@@ -384,14 +390,14 @@ export class Publisher<M extends MessageMap = MessageMap> {
           placed.push(server);
           return Promise.resolve();
         }
-        errors.push(outcome?.reason);
-        this.attemptFailed(
-          prepared.name,
-          prepared.message.properties.messageId,
-          server,
-          outcome?.reason,
-          false,
-        );
+        const reason: unknown = outcome?.reason;
+        errors.push(reason);
+        if (reason instanceof InvalidPublishError) return Promise.resolve();
+        this.attemptFailed(prepared.name, prepared.message.properties.messageId, server, reason, false);
+        if (reason instanceof BrokerError && reason.outcomeUnknown) {
+          this.notPlacingAgain(prepared, server);
+          return Promise.resolve();
+        }
         return this.placeCopy(prepared, server, 2, used, placed, deadline, errors);
       }),
     );
@@ -403,13 +409,16 @@ export class Publisher<M extends MessageMap = MessageMap> {
     payload: unknown,
     options: PublishOptions,
     deadline: number,
+    validated?: Prepared,
   ): Promise<number> {
+    let redundant = options.redundant ?? definition.redundant;
+    // Bad input is refused before any waiting or connecting (prepare throws InvalidPublishError).
+    const messageId = validated?.message.properties.messageId ?? options.messageId ?? randomUUID();
+    let prepared = validated ?? this.prepare(definition, payload, options, messageId, redundant);
     if (this.throttledState) await sleep(Math.min(THROTTLE_DELAY_MS, Math.max(0, deadline - Date.now())));
     this.recycleDeadServers();
     const name = definition.name;
-    const messageId = options.messageId ?? randomUUID();
     const errors: unknown[] = [];
-    let redundant = options.redundant ?? definition.redundant;
     if (redundant && this.live.length < 2) {
       if (this.dead.size > 0) {
         this.logger.warn(
@@ -432,8 +441,8 @@ export class Publisher<M extends MessageMap = MessageMap> {
         redundant = false;
       }
     }
-    const prepared = this.prepare(definition, payload, options, messageId, redundant);
     if (!redundant) {
+      prepared = withoutRedundantFlag(prepared);
       const server = await this.failoverPublish(prepared, deadline, errors);
       if (server === undefined) throw new NoMessageSentError(name, errors);
       this.published(prepared, [server], false);
@@ -450,7 +459,10 @@ export class Publisher<M extends MessageMap = MessageMap> {
   private finishRedundant(prepared: Prepared, servers: string[], errors: unknown[]): number {
     const { name } = prepared;
     const messageId = prepared.message.properties.messageId;
-    if (servers.length === 0) throw new NoMessageSentError(name, errors);
+    if (servers.length === 0) {
+      const invalid = errors.find((e) => e instanceof InvalidPublishError);
+      throw invalid ?? new NoMessageSentError(name, errors);
+    }
     if (servers.length === 1) {
       const server = servers[0] as string;
       this.logger.warn(
@@ -486,10 +498,16 @@ export class Publisher<M extends MessageMap = MessageMap> {
       replyTo: options.replyTo ?? definition.replyTo,
       now: this.now?.(),
     });
+    const key = options.key ?? definition.key;
+    validatePublish(message, {
+      exchange: definition.exchange,
+      routingKey: key,
+      frameMax: this.config.frameMax,
+    });
     return {
       name: definition.name,
       exchange: definition.exchange,
-      key: options.key ?? definition.key,
+      key,
       mandatory: options.mandatory ?? definition.mandatory,
       message,
     };
@@ -578,6 +596,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
         this.succeeded(server);
         return server;
       } catch (error) {
+        if (error instanceof InvalidPublishError) throw error;
         errors.push(error);
         tries--;
         this.attemptFailed(
@@ -617,14 +636,10 @@ export class Publisher<M extends MessageMap = MessageMap> {
           return;
         } catch (error) {
           errors.push(error);
+          if (error instanceof InvalidPublishError) return; // the caller's input: no broker to blame or retry
           this.attemptFailed(prepared.name, messageId, server, error, attempt === 2);
           if (error instanceof BrokerError && error.outcomeUnknown) {
-            // The broker may hold this copy already: placing it again (here or elsewhere) could make a
-            // third copy, which consumers would handle again once the keys of the first two are gone.
-            this.logger.warn(
-              { message: prepared.name, messageId, server },
-              `copy of ${prepared.name} on ${server} has an unknown outcome; not placing it again`,
-            );
+            this.notPlacingAgain(prepared, server);
             return;
           }
         }
@@ -633,6 +648,19 @@ export class Publisher<M extends MessageMap = MessageMap> {
       server = this.selectNextServer(used);
       if (server !== undefined) used.add(server);
     }
+  }
+
+  /**
+   * A redundant copy failed after it was written (outcome unknown): the broker may hold it already. Placing it
+   * again, there or elsewhere, could make a third copy, which consumers would handle again once the keys of
+   * the first two are gone. Used by every path that places copies (`placeCopy`, `recoverRedundant`).
+   */
+  private notPlacingAgain(prepared: Prepared, server: string): void {
+    const messageId = prepared.message.properties.messageId;
+    this.logger.warn(
+      { message: prepared.name, messageId, server },
+      `copy of ${prepared.name} on ${server} has an unknown outcome; not placing it again`,
+    );
   }
 
   private attemptFailed(
@@ -920,6 +948,15 @@ export class Publisher<M extends MessageMap = MessageMap> {
     }
     if (this.ownsPool) await this.pool.close();
   }
+}
+
+/** The same prepared message with flags "0": a redundant publish that can reach only one broker. */
+function withoutRedundantFlag(prepared: Prepared): Prepared {
+  const { message } = prepared;
+  if (message.properties.headers.flags === '0') return prepared;
+  // Spreading keeps the key order: `flags` stays where the encoder put it.
+  const headers = { ...message.properties.headers, flags: '0' };
+  return { ...prepared, message: { ...message, properties: { ...message.properties, headers } } };
 }
 
 function sleep(ms: number): Promise<void> {

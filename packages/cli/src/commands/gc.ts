@@ -124,8 +124,11 @@ class GcRun {
   }
 }
 
-/** Go's `--redis-gc-key-file`: only lines that are `:expires` keys are used. */
-const KEY_FILE_LINE = /^(msgid:[^:]+:[-0-9a-f]*):expires$/;
+/**
+ * Go's `--redis-gc-key-file`: only lines that are `:expires` keys are used. Any message id without ":" (Go
+ * takes only lowercase hex ids, `[-0-9a-f]*`), as `parseKey` reads them.
+ */
+const KEY_FILE_LINE = /^(msgid:[^:]+:[^:]*):expires$/;
 
 async function readKeyFile(path: string): Promise<string[]> {
   let text: string;

@@ -29,8 +29,20 @@ export const keyOf = (ref: MessageRef, suffix: KeySuffix): string => `${msgId(re
 
 export const allKeysOf = (ref: MessageRef): string[] => KEY_SUFFIXES.map((suffix) => keyOf(ref, suffix));
 
-/** Ruby's extraction regex for the message part of a key (queue names cannot contain `:`). */
-export const MSG_ID_PATTERN = /^(msgid:[^:]*:[-0-9a-f]*):(.*)$/;
+/**
+ * Ruby Beetle's extraction regex for the message part of a key (its Go garbage collector uses the same): only
+ * lowercase hex/UUID message ids. Kept for reference; Ruby's tools never collect keys of other ids.
+ */
+export const RUBY_MSG_ID_PATTERN = /^(msgid:[^:]*:[-0-9a-f]*):(.*)$/;
+
+/**
+ * The message part of a key: `msgid:<queue>:<id>` with any id without ":" (queue names and message ids
+ * cannot contain ":", see `Topology.registerQueue` and `validatePublish`). Wider than Ruby's pattern, so that
+ * caller-chosen ids like `ORDER-42`, which the publisher sends and consumers dedup, are also collected by
+ * `beetle gc`, `beetle delete-keys` and found by `beetle dump-expiries` / `copy-keys`. Every key Ruby's
+ * pattern matches, this one matches the same way.
+ */
+export const MSG_ID_PATTERN = /^(msgid:[^:]*:[^:]*):(.*)$/;
 
 export function parseKey(
   key: string,
