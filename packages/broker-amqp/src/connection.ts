@@ -349,10 +349,8 @@ export class BrokerConnection {
       vhost: address.vhost,
       frameMax,
       channelMax,
-      // amqplib negotiates 0 as "whatever the server proposes" (Ruby's `:server`); it cannot switch heartbeats
-      // off when the broker proposes them, so 0 means the broker's value here (RabbitMQ default 60 s). This
-      // also applies to the consuming connection: `subscriberHeartbeat: 0` (Ruby: off) gets the broker's value.
-      heartbeat: heartbeat === 'server' ? 0 : heartbeat,
+      // No preference accepts the broker's value (RabbitMQ: 60 s); amqplib 2 takes 0 as off, as Ruby does.
+      heartbeat: heartbeat === 'server' ? undefined : heartbeat,
       locale: 'en_US',
     };
     // CA, client certificate and key from server_connection_options; files are read at every connect.

@@ -5,8 +5,6 @@ import type { BrokerOptions } from './types.js';
 /**
  * The `BrokerOptions` of one configured server, Ruby units (seconds): the publisher's connect, response and
  * heartbeat settings, and the subscriber's heartbeat and connect timeout for the consuming connection.
- * A heartbeat of 0 (e.g. `subscriberHeartbeat: 0`, "off" in Ruby) means "the broker's proposal" with amqplib,
- * not "off" (see `BrokerOptions.heartbeat`).
  */
 export function brokerOptions(
   config: BeetleConfig,

@@ -14,11 +14,7 @@ import type {
 /** Settings for one broker, derived from the Beetle configuration (durations in seconds). */
 export interface BrokerOptions {
   readonly address: BrokerAddress;
-  /**
-   * Heartbeat in seconds; `'server'` accepts the broker's proposal. NOTE: 0 does NOT disable heartbeats here
-   * (unlike Ruby/Bunny): amqplib negotiates 0 as "whatever the server proposes", so 0 behaves like `'server'`
-   * (RabbitMQ proposes 60 s by default). Heartbeats are only off when the broker proposes 0 as well.
-   */
+  /** Heartbeat in seconds; `'server'` accepts the broker's proposal; 0 turns heartbeats off (as in Ruby). */
   readonly heartbeat: number | 'server';
   readonly connectTimeout: number;
   /** Bound for every broker round trip (declare, bind, purge, confirm, close). */
@@ -30,10 +26,7 @@ export interface BrokerOptions {
   readonly logger: Logger;
   /** Publisher confirms on the shared publish channel (default true). */
   readonly confirms?: boolean;
-  /**
-   * Heartbeat of the CONSUMING connection (default: `heartbeat`); the subscriber passes
-   * `subscriberHeartbeat` here. As for `heartbeat`, 0 means the broker's proposal, not "off" (amqplib).
-   */
+  /** Heartbeat of the CONSUMING connection (default: `heartbeat`); the subscriber passes `subscriberHeartbeat`. */
   readonly consumerHeartbeat?: number | 'server';
   /** Connect timeout of the CONSUMING connection in seconds (default: `connectTimeout`). */
   readonly consumerConnectTimeout?: number;

@@ -73,7 +73,7 @@ describe('defaults', () => {
       publisherReadResponseTimeout: 5,
       subscriberConnectTimeout: 5,
       subscriberReconnectDelay: 10,
-      subscriberHeartbeat: 0,
+      subscriberHeartbeat: 'server', // Ruby: 0 = off (project decision: notice dead connections)
       prefetchCount: 1,
       throttlingRefreshInterval: 60,
       publisherConfirms: true, // Ruby: false (project decision)

@@ -36,8 +36,7 @@ export interface SubscriberOptions {
   readonly store: DedupStore;
   /**
    * Broker connections (e.g. a shared `BrokerPool`; not closed by `stop()`). Default: the subscriber's own
-   * connections with its connect timeout and heartbeat, closed on `stop()`. Note `subscriberHeartbeat: 0` means
-   * the broker's proposed heartbeat with amqplib, not "off" as in Ruby (see `BrokerOptions.consumerHeartbeat`).
+   * connections with its connect timeout and heartbeat (`subscriberHeartbeat`), closed on `stop()`.
    */
   readonly pool?: SubscriberPool;
   /** Queue declaration (queue, dead letter queue, bindings, policies); default: `setupQueue` of the broker layer. */

@@ -86,7 +86,7 @@ export interface BeetleConfig {
   readonly password: string;
   readonly frameMax: number;
   readonly channelMax: number;
-  /** Publisher heartbeat in seconds, or `'server'` to accept the broker's value. */
+  /** Publisher heartbeat in seconds, `'server'` to accept the broker's value, 0 for none. */
   readonly heartbeat: number | ServerHeartbeat;
   readonly lazyQueuesEnabled: boolean;
   readonly deadLetteringEnabled: boolean;
@@ -109,8 +109,8 @@ export interface BeetleConfig {
   readonly subscriberConnectTimeout: number;
   /** Seconds before a subscriber retries a failed connection (base of the exponential backoff). */
   readonly subscriberReconnectDelay: number;
-  /** Seconds; 0 accepts the broker's proposal (amqplib cannot switch heartbeats off; Ruby: 0 = off). */
-  readonly subscriberHeartbeat: number;
+  /** Subscriber heartbeat in seconds, `'server'` to accept the broker's value, 0 for none (Ruby's default). */
+  readonly subscriberHeartbeat: number | ServerHeartbeat;
   readonly prefetchCount: number;
   /** Seconds between queue length measurements while throttling. */
   readonly throttlingRefreshInterval: number;
@@ -297,7 +297,8 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     type: 'heartbeat',
     unit: 'seconds',
     default: 'server',
-    description: 'publisher heartbeat; `server` accepts the broker value (file alias: `publisher_heartbeat`)',
+    description:
+      'publisher heartbeat; `server` accepts the broker value, 0 turns heartbeats off (file alias: `publisher_heartbeat`)',
   },
   lazyQueuesEnabled: bool(false, 'default of the queue option `lazy` (policy `queue-mode: lazy`)'),
   deadLetteringEnabled: bool(false, 'default of the queue option `deadLettering`'),
@@ -318,8 +319,12 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
   subscriberConnectTimeout: secs(5, 'subscriber connect timeout'),
   subscriberReconnectDelay: secs(10, 'delay before a subscriber retries a failed connection (backoff base)'),
   subscriberHeartbeat: {
-    ...int(0, 0, 65535, "subscriber heartbeat (0: the broker's proposal; Ruby: off)"),
+    type: 'heartbeat',
     unit: 'seconds',
+    default: 'server',
+    rubyDefault: 0,
+    description:
+      'subscriber heartbeat; `server` accepts the broker value (dead connections are noticed), 0 turns heartbeats off',
   },
   prefetchCount: int(1, 1, 65535, 'basic.qos prefetch per subscriber channel'),
   throttlingRefreshInterval: secs(60, 'how often queue lengths are measured while throttling'),
