@@ -614,11 +614,12 @@ class AmqpPublishChannel implements PublishChannel {
             }),
           );
       };
+      const queued = this.confirmWindow()?.length;
       try {
         this.write(exchange, routingKey, body, props, onConfirm);
       } catch (error) {
         this.pending.delete(id);
-        this.unqueueConfirm(onConfirm);
+        this.unqueueConfirm(onConfirm, queued);
         reject(this.writeError(error));
         return;
       }
@@ -645,17 +646,25 @@ class AmqpPublishChannel implements PublishChannel {
     });
   }
 
-  /**
-   * amqplib's ConfirmChannel queues the confirm callback BEFORE encoding; when encoding throws, the callback
-   * stays in its window and every later confirm resolves the publish before it (the last one never: a stall
-   * until the confirm timeout, a killed connection, messages sent again). The callback is the window's last
-   * entry (nothing runs between the push and the throw): take it out. Should amqplib's window ever look
-   * different, the channel's confirm sequence cannot be trusted: close it, failing its pending confirms as
-   * outcome unknown (they were written), rather than confirm the wrong publishes.
-   */
-  private unqueueConfirm(callback: (error: unknown) => void): void {
+  /** amqplib's window of confirm callbacks (an internal array), if it has the shape we know. */
+  private confirmWindow(): unknown[] | undefined {
     const window = (this.channel as unknown as { unconfirmed?: unknown }).unconfirmed;
-    if (Array.isArray(window) && window[window.length - 1] === callback) {
+    return Array.isArray(window) ? window : undefined;
+  }
+
+  /**
+   * amqplib 0.10's ConfirmChannel queued the confirm callback BEFORE encoding; when encoding threw, the
+   * callback stayed in its window and every later confirm resolved the publish before it (the last one never:
+   * a stall until the confirm timeout, a killed connection, messages sent again). amqplib 2 queues it after
+   * encoding. So after a throw the window is either as it was (nothing to undo) or has our callback last
+   * (nothing runs between the push and the throw): take it out. Should it look different, the channel's
+   * confirm sequence cannot be trusted: close it, failing its pending confirms as outcome unknown (they were
+   * written), rather than confirm the wrong publishes.
+   */
+  private unqueueConfirm(callback: (error: unknown) => void, lengthBefore: number | undefined): void {
+    const window = this.confirmWindow();
+    if (window !== undefined && window.length === lengthBefore) return;
+    if (window !== undefined && window.length === (lengthBefore ?? -2) + 1 && window.at(-1) === callback) {
       window.pop();
       return;
     }

@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
   encodeMessage,
@@ -10,11 +11,13 @@ import {
 
 /** amqplib's own encoder and frame parser: the oracle for what `validatePublish` must accept. */
 const require = createRequire(import.meta.url);
-const defs = require('amqplib/lib/defs') as {
+// amqplib 2 exports only its APIs: reach its internals by file path from the package's main module.
+const amqplibDir = dirname(require.resolve('amqplib'));
+const defs = require(join(amqplibDir, 'lib/defs.js')) as {
   BasicProperties: number;
   encodeProperties(id: number, channel: number, size: number, fields: object): Buffer;
 };
-const frame = require('amqplib/lib/frame') as {
+const frame = require(join(amqplibDir, 'lib/frame.js')) as {
   parseFrame(bin: Buffer): { payload: Buffer; type: number; channel: number; size: number } | false;
   decodeFrame(f: object): { fields: { headers?: Record<string, unknown> } };
 };

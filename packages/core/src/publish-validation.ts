@@ -5,8 +5,9 @@ import { InvalidPublishError } from './errors.js';
 export const SHORTSTR_MAX_BYTES = 255;
 
 /**
- * amqplib 0.10 encodes the header table into a 64 KiB scratch buffer. A bigger table is not refused: it is cut
- * off with a wrong length, and the broker closes the connection over the malformed frame (measured).
+ * amqplib encodes the header table into a 64 KiB scratch buffer. A bigger table: amqplib 2.3 throws a
+ * RangeError; 0.10 cut it off with a wrong length, and the broker closed the connection over the malformed
+ * frame (measured). Refused here either way, before anything is sent.
  */
 export const HEADER_TABLE_MAX_BYTES = 65_536;
 
@@ -56,7 +57,7 @@ const bytesOf = (text: string, exact: boolean): number =>
 
 /**
  * Checks an encoded message against what amqplib can encode and what every consumer accepts, before anything
- * is sent; throws `InvalidPublishError` (with `field`) otherwise. The sizes are amqplib 0.10's exact
+ * is sent; throws `InvalidPublishError` (with `field`) otherwise. The sizes are amqplib's exact
  * encoding (content header frame = 22 bytes + properties), so a message that passes goes out as it is.
  */
 export function validatePublish(message: EncodedMessage, target: PublishTarget): void {
