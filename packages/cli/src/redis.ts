@@ -98,6 +98,7 @@ export class RespClient {
       maxRetriesPerRequest: 0,
       retryStrategy: () => null,
       disableClientInfo: true,
+      protocol: 2, // RESP2, like the store (see dedup-redis' connection)
     });
     // Failures reach the caller through the pending command; the event only needs a listener.
     let lastError: Error | undefined;

@@ -353,6 +353,7 @@ export class RedisConnection {
         maxRetriesPerRequest: 0,
         retryStrategy: () => null,
         disableClientInfo: true,
+        protocol: 2, // no HELLO: the probe is bounded by its PING's commandTimeout alone
       });
       probe.on('error', () => undefined);
       probing = probe
@@ -517,6 +518,9 @@ export class RedisConnection {
       enableAutoPipelining: false,
       retryStrategy: (times: number) => Math.min(times * 100, settings.retryIntervalMs),
       disableClientInfo: true,
+      // RESP2, as redis-rb speaks to the same Redis: the scripts' replies keep their shapes, and a connect is
+      // the TCP handshake alone (ioredis 6 defaults to RESP3, whose HELLO a stalled server never answers).
+      protocol: 2,
     }) as ScriptedRedis;
     for (const [name, script] of Object.entries(SCRIPTS)) {
       // Without numberOfKeys, ioredis takes the number of keys as the call's first argument.
