@@ -23,7 +23,7 @@ describe.each([
   ['amqplib', ['packages/broker-amqp']],
   ['ioredis', ['packages/dedup-redis', 'packages/cli']],
 ] as const)('%s', (driver, users) => {
-  const row = new RegExp(`^\\| ${driver} \\| \`([^\`]+)\` [^|]*\\| ([^ |]+) \\|$`, 'm').exec(readme);
+  const row = new RegExp(`^\\| ${driver} +\\| \`([^\`]+)\` [^|]*\\| +([^ |]+) +\\|$`, 'm').exec(readme);
 
   it('is declared with the range the README states, by every package that uses it', () => {
     expect(row, `README "Requirements" row for ${driver}`).not.toBeNull();
