@@ -85,6 +85,7 @@ describe('defaults', () => {
       subscriberConcurrency: 1,
       subscriberReconnectMaxDelay: 60,
       rejectRequeueDelay: 1,
+      rejectRequeueMaxDelay: 10,
       stopTimeout: 30,
     });
   });
@@ -151,6 +152,7 @@ describe('option table', () => {
       'subscriberConcurrency',
       'subscriberReconnectMaxDelay',
       'rejectRequeueDelay',
+      'rejectRequeueMaxDelay',
       'stopTimeout',
     ]);
   });

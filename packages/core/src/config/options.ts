@@ -118,6 +118,11 @@ export interface BeetleConfig {
   readonly subscriberReconnectMaxDelay: number;
   /** TS-only. Seconds before a reject with requeue (queues without dead lettering); per message, non-blocking. */
   readonly rejectRequeueDelay: number;
+  /**
+   * TS-only. Seconds; cap of the hold of a message that is not ready (in progress elsewhere, delayed), which
+   * doubles from `rejectRequeueDelay` with each redelivery of that message. 0: no backoff.
+   */
+  readonly rejectRequeueMaxDelay: number;
   /** TS-only. Seconds; default bound for a graceful stop. */
   readonly stopTimeout: number;
 }
@@ -330,6 +335,14 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
   },
   rejectRequeueDelay: {
     ...secs(1, 'pause before a reject with requeue (queues without dead lettering), per message', true),
+    tsOnly: true,
+  },
+  rejectRequeueMaxDelay: {
+    ...secs(
+      10,
+      'cap of the backoff of a message not ready yet (in progress elsewhere, delayed): its hold doubles from reject_requeue_delay with each redelivery (0: no backoff)',
+      true,
+    ),
     tsOnly: true,
   },
   stopTimeout: { ...secs(30, 'default bound for a graceful stop'), tsOnly: true },
