@@ -6,6 +6,7 @@ import {
   isFailureOutcome,
   isRejectOutcome,
   isSimple,
+  ownHeaders,
   silentLogger,
   timeoutAt,
   type BeetleMessage,
@@ -224,7 +225,7 @@ function undecodedMessage(
     body: delivery.content,
     routingKey: delivery.fields.routingKey,
     redelivered: delivery.fields.redelivered,
-    headers: typeof headers === 'object' && headers !== null ? headers : undefined,
+    headers: typeof headers === 'object' && headers !== null ? ownHeaders(headers) : undefined,
     delivery,
     error,
   };
