@@ -14,6 +14,7 @@ export {
 } from './connection.js';
 export { BrokerPool, brokerOptions } from './pool.js';
 export {
+  managementPathSegment,
   PolicyClient,
   policyDefinition,
   policyUpdatePayload,

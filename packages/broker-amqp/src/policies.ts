@@ -1,6 +1,7 @@
 import {
   brokerAddress,
   ConfigurationError,
+  PolicyRefusedError,
   PolicyRequestError,
   silentLogger,
   Topology,
@@ -58,6 +59,31 @@ export function policyUpdatePayload(
   };
 }
 
+/**
+ * One path segment of a management API URL. `encodeURIComponent` leaves `.` alone, and "." and ".." are
+ * resolved as dot segments by fetch's URL parser and by RabbitMQ's router even when percent-encoded (`%2E`):
+ * `/api/queues/%2F/..` would be `/api/queues/`, another endpoint. So such names (and empty ones) cannot be
+ * addressed and are refused before any request.
+ */
+export function managementPathSegment(value: string, field: string): string {
+  if (value === '' || value === '.' || value === '..') {
+    throw new PolicyRefusedError(
+      field,
+      `${field} ${JSON.stringify(value)} cannot be addressed through the RabbitMQ management API (URLs resolve "." and ".." path segments, even percent-encoded)`,
+    );
+  }
+  return encodeURIComponent(value);
+}
+
+/**
+ * The properties-key segment of a binding URL. RabbitMQ percent-decodes this segment once more (its
+ * properties keys are quoted: `a/b` is `a%2Fb`), so the dots of a key "." or ".." are quoted as `%2E` first
+ * and survive the URL's dot-segment resolution as `%252E`.
+ */
+function propertiesKeySegment(key: string): string {
+  return encodeURIComponent(key === '.' || key === '..' ? key.replaceAll('.', '%2E') : key);
+}
+
 const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** The policy definition Ruby Beetle installs (reference §6.6). */
@@ -113,7 +139,7 @@ export class PolicyClient {
     if (!server || !queue) throw new ConfigurationError('setQueuePolicy: server and queue must be given');
     const address = brokerAddress(this.config, server);
     const name = `${queue}_policy`;
-    const path = `/api/policies/${encodeURIComponent(address.vhost)}/${encodeURIComponent(name)}`;
+    const path = `/api/policies/${managementPathSegment(address.vhost, 'vhost')}/${managementPathSegment(name, 'policy')}`;
     const definition = policyDefinition(options);
     const body = {
       pattern: `^${escapeRegExp(queue)}$`,
@@ -186,8 +212,8 @@ export class PolicyClient {
     bindings: readonly PolicyBinding[],
   ): Promise<number> {
     const address = brokerAddress(this.config, server);
-    const vhost = encodeURIComponent(address.vhost);
-    const q = encodeURIComponent(queue);
+    const vhost = managementPathSegment(address.vhost, 'vhost');
+    const q = managementPathSegment(queue, 'queue');
     const response = await this.request(
       address,
       'GET',
@@ -207,7 +233,7 @@ export class PolicyClient {
       await this.request(
         address,
         'DELETE',
-        `/api/bindings/${vhost}/e/${encodeURIComponent(source)}/q/${q}/${encodeURIComponent(propertiesKey)}`,
+        `/api/bindings/${vhost}/e/${managementPathSegment(source, 'exchange')}/q/${q}/${propertiesKeySegment(propertiesKey)}`,
         undefined,
         [200, 204, 404],
       );
@@ -223,7 +249,7 @@ export class PolicyClient {
   /** GET `/api/queues/<vhost>/<queue>`; `undefined` when the queue does not exist. */
   async queueProperties(server: string, queue: string): Promise<Record<string, unknown> | undefined> {
     const address = brokerAddress(this.config, server);
-    const path = `/api/queues/${encodeURIComponent(address.vhost)}/${encodeURIComponent(queue)}`;
+    const path = `/api/queues/${managementPathSegment(address.vhost, 'vhost')}/${managementPathSegment(queue, 'queue')}`;
     const response = await this.request(address, 'GET', path, undefined, [200, 404, 410]);
     return response.status === 200 ? (response.json as Record<string, unknown>) : undefined;
   }

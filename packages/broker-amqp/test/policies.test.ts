@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import amqp from 'amqplib';
-import { PolicyRequestError, silentLogger, Topology } from '@beetle/core';
+import { PolicyRefusedError, PolicyRequestError, silentLogger, Topology } from '@beetle/core';
 import {
   BrokerConnection,
   brokerOptions,
@@ -9,7 +9,7 @@ import {
   policyUpdatePayload,
   setupQueue,
 } from '@beetle/broker-amqp';
-import { cleanup, config, management, queueExists, servers, uid } from './helpers.js';
+import { cleanup, config, management, queueExists, raw, servers, uid } from './helpers.js';
 
 const server = servers[0]!;
 const opened: BrokerConnection[] = [];
@@ -167,6 +167,62 @@ describe('policies via the management API', () => {
     } finally {
       await conn.close();
       await cleanup({ queues: [name], exchanges: [name, other] });
+    }
+  });
+
+  it('refuses the queue names "." and ".." (the URL would resolve to another endpoint) before any request', async () => {
+    const cfg = config({ servers: [server] });
+    const requests: string[] = [];
+    const recording: typeof fetch = (input, init) => {
+      requests.push(input instanceof Request ? input.url : input.toString());
+      return fetch(input, init);
+    };
+    const client = new PolicyClient(cfg, silentLogger, recording);
+    await raw(server, (ch) => ch.assertQueue('..', { durable: false, autoDelete: false }));
+    try {
+      // Both fetch and RabbitMQ resolve dot segments, also percent-encoded: GET /api/queues/%2F/.. and
+      // /api/queues/%2F/%2E%2E are the list of every queue, not the queue "..".
+      expect(await (await management(server, 'GET', '/api/queues/%2F/%2E%2E')).json()).toBeInstanceOf(Array);
+      const refused = (field: string) => (e: unknown) => e instanceof PolicyRefusedError && e.field === field;
+      await expect(client.queueProperties(server, '..')).rejects.toSatisfy(refused('queue'));
+      await expect(client.queueProperties(server, '.')).rejects.toSatisfy(refused('queue'));
+      await expect(client.removeObsoleteBindings(server, '..', [])).rejects.toSatisfy(refused('queue'));
+      const vhostDots = new PolicyClient(config({ servers: [server], vhost: '..' }), silentLogger, recording);
+      await expect(
+        vhostDots.setQueuePolicy(server, 'q', { lazy: true, deadLettering: false }),
+      ).rejects.toSatisfy(refused('vhost'));
+      expect(requests).toEqual([]);
+      // An ordinary name with dots inside is addressed as usual.
+      expect(await client.queueProperties(server, `bt.none.${uid()}`)).toBeUndefined();
+    } finally {
+      await raw(server, (ch) => ch.deleteQueue('..'));
+    }
+  });
+
+  it('removes obsolete bindings whose routing key is "." or ".." (properties key quoted as %2E)', async () => {
+    const name = `bt-dots-${uid()}`;
+    await raw(server, async (ch) => {
+      await ch.assertQueue(name, { durable: false });
+      await ch.assertExchange(name, 'topic', { durable: false });
+      await ch.bindQueue(name, name, name);
+      for (const key of ['.', '..', 'a.b', 'a/b~%']) await ch.bindQueue(name, name, key);
+    });
+    try {
+      const removed = await new PolicyClient(config({ servers: [server] })).removeObsoleteBindings(
+        server,
+        name,
+        [{ exchange: name, key: name }],
+      );
+      expect(removed).toBe(4);
+      const bindings = (await (
+        await management(server, 'GET', `/api/queues/%2F/${name}/bindings`)
+      ).json()) as { source: string; routing_key: string }[];
+      expect(bindings.map((b) => [b.source, b.routing_key]).sort()).toEqual([
+        ['', name],
+        [name, name],
+      ]);
+    } finally {
+      await cleanup({ queues: [name], exchanges: [name] });
     }
   });
 
