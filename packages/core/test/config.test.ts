@@ -87,6 +87,7 @@ describe('defaults', () => {
       rejectRequeueDelay: 1,
       rejectRequeueMaxDelay: 10,
       stopTimeout: 30,
+      policyUpdatesAllowedQueues: '',
     });
   });
 
@@ -154,6 +155,7 @@ describe('option table', () => {
       'rejectRequeueDelay',
       'rejectRequeueMaxDelay',
       'stopTimeout',
+      'policyUpdatesAllowedQueues',
     ]);
   });
 

@@ -125,6 +125,11 @@ export interface BeetleConfig {
   readonly rejectRequeueMaxDelay: number;
   /** TS-only. Seconds; default bound for a graceful stop. */
   readonly stopTimeout: number;
+  /**
+   * TS-only. Queues the policy update worker (`beetle policy-updates`) accepts updates for besides those of its
+   * topology: comma-separated exact names, `prefix*`, or `*` for every queue.
+   */
+  readonly policyUpdatesAllowedQueues: string;
 }
 
 export type OptionName = keyof BeetleConfig;
@@ -346,6 +351,12 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     tsOnly: true,
   },
   stopTimeout: { ...secs(30, 'default bound for a graceful stop'), tsOnly: true },
+  policyUpdatesAllowedQueues: {
+    ...anyStr(
+      'queues the policy update worker accepts besides those of its topology: comma-separated names, `prefix*`, or `*` for all',
+    ),
+    tsOnly: true,
+  },
 };
 
 const snakeCase = (name: string): string => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
