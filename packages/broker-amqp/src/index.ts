@@ -14,9 +14,13 @@ export {
 } from './connection.js';
 export { BrokerPool, brokerOptions } from './pool.js';
 export {
+  checkPolicyUpdate,
+  managementPathSegment,
   PolicyClient,
   policyDefinition,
+  policyUpdateAllowance,
   policyUpdatePayload,
+  type PolicyUpdateAllowance,
   type PolicyAction,
   type PolicyBinding,
   type PolicyUpdatePayload,

@@ -1,6 +1,7 @@
 import {
   brokerAddress,
   ConfigurationError,
+  PolicyRefusedError,
   PolicyRequestError,
   silentLogger,
   Topology,
@@ -58,6 +59,31 @@ export function policyUpdatePayload(
   };
 }
 
+/**
+ * One path segment of a management API URL. `encodeURIComponent` leaves `.` alone, and "." and ".." are
+ * resolved as dot segments by fetch's URL parser and by RabbitMQ's router even when percent-encoded (`%2E`):
+ * `/api/queues/%2F/..` would be `/api/queues/`, another endpoint. So such names (and empty ones) cannot be
+ * addressed and are refused before any request.
+ */
+export function managementPathSegment(value: string, field: string): string {
+  if (value === '' || value === '.' || value === '..') {
+    throw new PolicyRefusedError(
+      field,
+      `${field} ${JSON.stringify(value)} cannot be addressed through the RabbitMQ management API (URLs resolve "." and ".." path segments, even percent-encoded)`,
+    );
+  }
+  return encodeURIComponent(value);
+}
+
+/**
+ * The properties-key segment of a binding URL. RabbitMQ percent-decodes this segment once more (its
+ * properties keys are quoted: `a/b` is `a%2Fb`), so the dots of a key "." or ".." are quoted as `%2E` first
+ * and survive the URL's dot-segment resolution as `%252E`.
+ */
+function propertiesKeySegment(key: string): string {
+  return encodeURIComponent(key === '.' || key === '..' ? key.replaceAll('.', '%2E') : key);
+}
+
 const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** The policy definition Ruby Beetle installs (reference §6.6). */
@@ -91,6 +117,125 @@ const str = (value: unknown, field: string): string => {
   return value;
 };
 
+const isConfiguredServer = (config: BeetleConfig, server: string): boolean =>
+  config.servers.includes(server) || config.additionalSubscriptionServers.includes(server);
+
+/** Which queues a policy update worker manages (see `policyUpdateAllowance`). */
+export interface PolicyUpdateAllowance {
+  /** Whether policy updates for this AMQP queue name are accepted. */
+  allows(queue: string): boolean;
+  /** A description for messages ("the 3 queues of the topology and ..."). */
+  readonly description: string;
+  /** No queue is allowed: every update is refused. */
+  readonly empty: boolean;
+}
+
+/**
+ * The queues a policy update worker accepts updates for: the queues of `topology` (AMQP names, not the policy
+ * updates queue itself) and the entries of `policyUpdatesAllowedQueues` (comma-separated exact names, `prefix*`,
+ * or `*` for every queue).
+ */
+export function policyUpdateAllowance(config: BeetleConfig, topology?: Topology): PolicyUpdateAllowance {
+  const exact = new Set<string>();
+  const prefixes: string[] = [];
+  for (const entry of config.policyUpdatesAllowedQueues.split(',')) {
+    const name = entry.trim();
+    if (name === '') continue;
+    if (name.endsWith('*')) prefixes.push(name.slice(0, -1));
+    else exact.add(name);
+  }
+  const fromTopology = new Set<string>();
+  for (const queue of topology?.queues() ?? []) {
+    if (queue.name !== config.beetlePolicyUpdatesQueueName) fromTopology.add(queue.amqpName);
+  }
+  const parts = [
+    ...(fromTopology.size > 0 ? [`the ${fromTopology.size} queues of the topology`] : []),
+    ...(exact.size + prefixes.length > 0
+      ? [`policy_updates_allowed_queues (${config.policyUpdatesAllowedQueues})`]
+      : []),
+  ];
+  return {
+    allows: (queue) =>
+      queue !== config.beetlePolicyUpdatesQueueName &&
+      (fromTopology.has(queue) || exact.has(queue) || prefixes.some((prefix) => queue.startsWith(prefix))),
+    description: parts.length === 0 ? 'no queues' : parts.join(' and '),
+    empty: parts.length === 0,
+  };
+}
+
+const refuse = (field: string, message: string): never => {
+  throw new PolicyRefusedError(field, `policy update refused: ${message}`);
+};
+
+/**
+ * Checks a policy update message (its parsed JSON) before a worker applies it, since anyone who may publish to
+ * the policy exchange could otherwise have the worker send its credentials to any host (`server`) or change
+ * the policies and bindings of any queue (`queue_name`, `bindings`). Accepted: `server` one of the configured
+ * brokers, `queue_name` allowed by `allowance`, `dead_letter_queue_name` absent or `<queue_name>_dead_letter`,
+ * well-formed bindings, TTL and flags. Anything else throws `PolicyRefusedError` naming the field.
+ */
+export function checkPolicyUpdate(
+  config: BeetleConfig,
+  allowance: PolicyUpdateAllowance,
+  payload: unknown,
+): PolicyUpdatePayload {
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
+    return refuse('payload', 'the message is not a JSON object');
+  }
+  const p = payload as Record<string, unknown>;
+  const server = p.server;
+  if (typeof server !== 'string' || !isConfiguredServer(config, server)) {
+    return refuse(
+      'server',
+      `server ${JSON.stringify(server)} is not one of the configured brokers (servers, additional_subscription_servers)`,
+    );
+  }
+  const queue = p.queue_name;
+  if (typeof queue !== 'string' || queue === '' || !allowance.allows(queue)) {
+    return refuse(
+      'queue_name',
+      `queue ${JSON.stringify(queue)} is not managed by this worker (it accepts ${allowance.description})`,
+    );
+  }
+  const dlq = Topology.deadLetterQueueName(queue);
+  if (p.dead_letter_queue_name !== undefined && p.dead_letter_queue_name !== dlq) {
+    return refuse(
+      'dead_letter_queue_name',
+      `dead letter queue ${JSON.stringify(p.dead_letter_queue_name)} of ${queue} must be ${JSON.stringify(dlq)}`,
+    );
+  }
+  const rawBindings = p.bindings ?? [];
+  if (!Array.isArray(rawBindings)) return refuse('bindings', 'bindings must be a list');
+  const bindings = rawBindings.map((b: unknown, i): PolicyBinding => {
+    const entry = (typeof b === 'object' && b !== null ? b : {}) as Record<string, unknown>;
+    if (typeof entry.exchange !== 'string' || entry.exchange === '') {
+      return refuse(`bindings[${i}].exchange`, `bindings[${i}].exchange must be a non-empty string`);
+    }
+    if (entry.key !== undefined && typeof entry.key !== 'string') {
+      return refuse(`bindings[${i}].key`, `bindings[${i}].key must be a string`);
+    }
+    return { exchange: entry.exchange, key: entry.key ?? '' };
+  });
+  const ttl = p.message_ttl ?? 0;
+  if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < 0) {
+    return refuse('message_ttl', `message_ttl must be a non-negative integer, got ${JSON.stringify(ttl)}`);
+  }
+  for (const flag of ['dead_lettering', 'lazy'] as const) {
+    if (p[flag] !== undefined && typeof p[flag] !== 'boolean') {
+      return refuse(flag, `${flag} must be a boolean, got ${JSON.stringify(p[flag])}`);
+    }
+  }
+  return {
+    queue_name: queue,
+    bindings,
+    dead_letter_queue_name: dlq,
+    message_ttl: ttl,
+    dead_lettering: p.dead_lettering === true,
+    lazy: p.lazy === true,
+    server,
+  };
+}
+
 /**
  * Client of the RabbitMQ management HTTP API for Beetle's queue policies: `http(s)://<host>:<"1"+port>`, basic
  * auth with the broker's credentials, vhost and names URL-escaped, every request bounded by
@@ -111,9 +256,9 @@ export class PolicyClient {
    */
   async setQueuePolicy(server: string, queue: string, options: QueuePolicyOptions): Promise<PolicyAction> {
     if (!server || !queue) throw new ConfigurationError('setQueuePolicy: server and queue must be given');
-    const address = brokerAddress(this.config, server);
+    const address = this.address(server);
     const name = `${queue}_policy`;
-    const path = `/api/policies/${encodeURIComponent(address.vhost)}/${encodeURIComponent(name)}`;
+    const path = `/api/policies/${managementPathSegment(address.vhost, 'vhost')}/${managementPathSegment(name, 'policy')}`;
     const definition = policyDefinition(options);
     const body = {
       pattern: `^${escapeRegExp(queue)}$`,
@@ -164,7 +309,9 @@ export class PolicyClient {
       ...(messageTtl === undefined ? {} : { messageTtl }),
     });
     await this.setQueuePolicy(server, queue, { lazy, deadLettering, routingKey: dlq });
-    if (Array.isArray(p.bindings)) {
+    // Ruby removes obsolete bindings only when `bindings` is present, which an empty list is not: an empty
+    // list would unbind the queue from everything.
+    if (Array.isArray(p.bindings) && p.bindings.length > 0) {
       const bindings: PolicyBinding[] = (p.bindings as unknown[]).map((b, i) => {
         const entry = (typeof b === 'object' && b !== null ? b : {}) as Record<string, unknown>;
         return {
@@ -185,9 +332,9 @@ export class PolicyClient {
     queue: string,
     bindings: readonly PolicyBinding[],
   ): Promise<number> {
-    const address = brokerAddress(this.config, server);
-    const vhost = encodeURIComponent(address.vhost);
-    const q = encodeURIComponent(queue);
+    const address = this.address(server);
+    const vhost = managementPathSegment(address.vhost, 'vhost');
+    const q = managementPathSegment(queue, 'queue');
     const response = await this.request(
       address,
       'GET',
@@ -207,7 +354,7 @@ export class PolicyClient {
       await this.request(
         address,
         'DELETE',
-        `/api/bindings/${vhost}/e/${encodeURIComponent(source)}/q/${q}/${encodeURIComponent(propertiesKey)}`,
+        `/api/bindings/${vhost}/e/${managementPathSegment(source, 'exchange')}/q/${q}/${propertiesKeySegment(propertiesKey)}`,
         undefined,
         [200, 204, 404],
       );
@@ -222,10 +369,24 @@ export class PolicyClient {
 
   /** GET `/api/queues/<vhost>/<queue>`; `undefined` when the queue does not exist. */
   async queueProperties(server: string, queue: string): Promise<Record<string, unknown> | undefined> {
-    const address = brokerAddress(this.config, server);
-    const path = `/api/queues/${encodeURIComponent(address.vhost)}/${encodeURIComponent(queue)}`;
+    const address = this.address(server);
+    const path = `/api/queues/${managementPathSegment(address.vhost, 'vhost')}/${managementPathSegment(queue, 'queue')}`;
     const response = await this.request(address, 'GET', path, undefined, [200, 404, 410]);
     return response.status === 200 ? (response.json as Record<string, unknown>) : undefined;
+  }
+
+  /**
+   * The management API address of a configured broker. The broker's credentials go with every request, so a
+   * server that is not one of `servers` + `additionalSubscriptionServers` is refused.
+   */
+  private address(server: string): BrokerAddress {
+    if (!isConfiguredServer(this.config, server)) {
+      throw new PolicyRefusedError(
+        'server',
+        `server ${JSON.stringify(server)} is not one of the configured brokers (servers, additional_subscription_servers)`,
+      );
+    }
+    return brokerAddress(this.config, server);
   }
 
   private async request(

@@ -1,15 +1,18 @@
+import { createServer } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import amqp from 'amqplib';
-import { PolicyRequestError, silentLogger, Topology } from '@beetle/core';
+import { PolicyRefusedError, PolicyRequestError, silentLogger, Topology } from '@beetle/core';
 import {
   BrokerConnection,
   brokerOptions,
+  checkPolicyUpdate,
   PolicyClient,
+  policyUpdateAllowance,
   policyDefinition,
   policyUpdatePayload,
   setupQueue,
 } from '@beetle/broker-amqp';
-import { cleanup, config, management, queueExists, servers, uid } from './helpers.js';
+import { cleanup, config, management, queueExists, raw, servers, uid } from './helpers.js';
 
 const server = servers[0]!;
 const opened: BrokerConnection[] = [];
@@ -57,6 +60,63 @@ describe('policy definitions and payloads', () => {
     expect(JSON.stringify(payload)).toBe(
       '{"queue_name":"orders","bindings":[{"exchange":"orders","key":"orders"}],"dead_letter_queue_name":"orders_dead_letter","message_ttl":1000,"dead_lettering":false,"lazy":false,"server":"rabbit1:5672"}',
     );
+  });
+});
+
+describe('checking policy update messages (what a worker accepts)', () => {
+  const cfg = config({
+    servers: ['rabbit1:5672'],
+    additionalSubscriptionServers: ['rabbit2:5672'],
+    policyUpdatesAllowedQueues: 'billing, orders.*',
+  });
+  const topology = new Topology(cfg).registerQueue('audit');
+  const allowance = policyUpdateAllowance(cfg, topology);
+  const valid = {
+    queue_name: 'audit',
+    bindings: [{ exchange: 'audit', key: 'audit' }],
+    dead_letter_queue_name: 'audit_dead_letter',
+    message_ttl: 1000,
+    dead_lettering: true,
+    lazy: false,
+    server: 'rabbit2:5672',
+  };
+  const refusal = (payload: unknown): string | undefined => {
+    try {
+      checkPolicyUpdate(cfg, allowance, payload);
+      return undefined;
+    } catch (error) {
+      expect(error).toBeInstanceOf(PolicyRefusedError);
+      expect((error as PolicyRefusedError).reason).toBe('policy-refused');
+      return (error as PolicyRefusedError).field;
+    }
+  };
+
+  it('accepts configured servers and the queues of the topology and of policy_updates_allowed_queues', () => {
+    expect(checkPolicyUpdate(cfg, allowance, valid)).toEqual(valid);
+    for (const queue of ['billing', 'orders.eu', 'orders.']) {
+      expect(refusal({ ...valid, queue_name: queue, dead_letter_queue_name: `${queue}_dead_letter` })).toBe(
+        undefined,
+      );
+    }
+    expect(allowance.description).toBe(
+      'the 1 queues of the topology and policy_updates_allowed_queues (billing, orders.*)',
+    );
+    expect(policyUpdateAllowance(config({ policyUpdatesAllowedQueues: '*' })).allows('anything')).toBe(true);
+    expect(policyUpdateAllowance(config()).empty).toBe(true);
+  });
+
+  it('refuses other servers, other queues, the policy queue, foreign dead letter queues and malformed fields', () => {
+    expect(refusal({ ...valid, server: 'evil.example:5672' })).toBe('server');
+    expect(refusal({ ...valid, server: undefined })).toBe('server');
+    expect(refusal({ ...valid, queue_name: 'orders' })).toBe('queue_name');
+    expect(refusal({ ...valid, queue_name: 'billing-x' })).toBe('queue_name');
+    expect(refusal({ ...valid, queue_name: 'beetle-policy-updates' })).toBe('queue_name');
+    expect(refusal({ ...valid, dead_letter_queue_name: 'billing' })).toBe('dead_letter_queue_name');
+    expect(refusal({ ...valid, bindings: 'all' })).toBe('bindings');
+    expect(refusal({ ...valid, bindings: [{ key: 'k' }] })).toBe('bindings[0].exchange');
+    expect(refusal({ ...valid, message_ttl: -1 })).toBe('message_ttl');
+    expect(refusal({ ...valid, lazy: 'yes' })).toBe('lazy');
+    expect(refusal([valid])).toBe('payload');
   });
 });
 
@@ -167,6 +227,101 @@ describe('policies via the management API', () => {
     } finally {
       await conn.close();
       await cleanup({ queues: [name], exchanges: [name, other] });
+    }
+  });
+
+  it('refuses the queue names "." and ".." (the URL would resolve to another endpoint) before any request', async () => {
+    const cfg = config({ servers: [server] });
+    const requests: string[] = [];
+    const recording: typeof fetch = (input, init) => {
+      requests.push(input instanceof Request ? input.url : input.toString());
+      return fetch(input, init);
+    };
+    const client = new PolicyClient(cfg, silentLogger, recording);
+    await raw(server, (ch) => ch.assertQueue('..', { durable: false, autoDelete: false }));
+    try {
+      // Both fetch and RabbitMQ resolve dot segments, also percent-encoded: GET /api/queues/%2F/.. and
+      // /api/queues/%2F/%2E%2E are the list of every queue, not the queue "..".
+      expect(await (await management(server, 'GET', '/api/queues/%2F/%2E%2E')).json()).toBeInstanceOf(Array);
+      const refused = (field: string) => (e: unknown) => e instanceof PolicyRefusedError && e.field === field;
+      await expect(client.queueProperties(server, '..')).rejects.toSatisfy(refused('queue'));
+      await expect(client.queueProperties(server, '.')).rejects.toSatisfy(refused('queue'));
+      await expect(client.removeObsoleteBindings(server, '..', [])).rejects.toSatisfy(refused('queue'));
+      const vhostDots = new PolicyClient(config({ servers: [server], vhost: '..' }), silentLogger, recording);
+      await expect(
+        vhostDots.setQueuePolicy(server, 'q', { lazy: true, deadLettering: false }),
+      ).rejects.toSatisfy(refused('vhost'));
+      expect(requests).toEqual([]);
+      // An ordinary name with dots inside is addressed as usual.
+      expect(await client.queueProperties(server, `bt.none.${uid()}`)).toBeUndefined();
+    } finally {
+      await raw(server, (ch) => ch.deleteQueue('..'));
+    }
+  });
+
+  it('removes obsolete bindings whose routing key is "." or ".." (properties key quoted as %2E)', async () => {
+    const name = `bt-dots-${uid()}`;
+    await raw(server, async (ch) => {
+      await ch.assertQueue(name, { durable: false });
+      await ch.assertExchange(name, 'topic', { durable: false });
+      await ch.bindQueue(name, name, name);
+      for (const key of ['.', '..', 'a.b', 'a/b~%']) await ch.bindQueue(name, name, key);
+    });
+    try {
+      const removed = await new PolicyClient(config({ servers: [server] })).removeObsoleteBindings(
+        server,
+        name,
+        [{ exchange: name, key: name }],
+      );
+      expect(removed).toBe(4);
+      const bindings = (await (
+        await management(server, 'GET', `/api/queues/%2F/${name}/bindings`)
+      ).json()) as { source: string; routing_key: string }[];
+      expect(bindings.map((b) => [b.source, b.routing_key]).sort()).toEqual([
+        ['', name],
+        [name, name],
+      ]);
+    } finally {
+      await cleanup({ queues: [name], exchanges: [name] });
+    }
+  });
+
+  it('sends its credentials only to configured brokers: other servers are refused before any request', async () => {
+    const requests: string[] = [];
+    const http = createServer((request, response) => {
+      requests.push(`${request.method} ${request.url} ${request.headers.authorization ?? ''}`);
+      response.writeHead(404).end();
+    });
+    // A listener on the management port ("1" + AMQP port) of the made-up broker 127.0.0.1:<amqp port>.
+    let amqpPort = 0;
+    for (let attempt = 0; attempt < 50 && amqpPort === 0; attempt++) {
+      const candidate = 5000 + Math.floor(Math.random() * 1500);
+      const listening = await new Promise<boolean>((resolve) => {
+        http.once('error', () => resolve(false));
+        http.listen(Number(`1${candidate}`), '127.0.0.1', () => resolve(true));
+      });
+      if (listening) amqpPort = candidate;
+    }
+    expect(amqpPort).not.toBe(0);
+    const other = `127.0.0.1:${amqpPort}`;
+    try {
+      const client = new PolicyClient(config({ servers: [server] }));
+      const refused = (e: unknown) => e instanceof PolicyRefusedError && e.field === 'server';
+      await expect(client.setQueuePolicy(other, 'q', { lazy: true, deadLettering: false })).rejects.toSatisfy(
+        refused,
+      );
+      await expect(client.queueProperties(other, 'q')).rejects.toSatisfy(refused);
+      await expect(client.removeObsoleteBindings(other, 'q', [])).rejects.toSatisfy(refused);
+      expect(requests).toEqual([]);
+      // The same client reaches the listener once the server is configured (so the check above can fail).
+      await expect(
+        new PolicyClient(config({ servers: [server, other] })).queueProperties(other, 'q'),
+      ).resolves.toBeUndefined();
+      expect(requests).toEqual([
+        `GET /api/queues/%2F/q Basic ${Buffer.from('guest:guest').toString('base64')}`,
+      ]);
+    } finally {
+      await new Promise((resolve) => http.close(resolve));
     }
   });
 

@@ -149,7 +149,16 @@ describe('setup and policy-updates', () => {
     expect(setup.stdout).toContain(`${policyQueue}: policy skipped`);
 
     // One policy message per broker, each naming the broker the queue was declared on.
-    const worker = await run(['policy-updates', '--count', String(servers.length), ...flags, ...policyFlags]);
+    // The worker applies updates only for the queues it manages: those of the same topology.
+    const worker = await run([
+      'policy-updates',
+      '--count',
+      String(servers.length),
+      '--topology',
+      topology,
+      ...flags,
+      ...policyFlags,
+    ]);
     expect(worker.code).toBe(0);
     for (const server of servers) {
       expect(worker.stdout).toContain(`applied policy update for ${queue} on ${server}`);

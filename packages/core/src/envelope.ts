@@ -166,7 +166,11 @@ export interface BeetleMessage {
   readonly redundant: boolean;
   /** Unix seconds after which the message is `Ancient`. */
   readonly expiresAt: number;
-  /** All AMQP headers, Beetle's included. */
+  /**
+   * All AMQP headers, Beetle's included. Nothing is inherited from a hostile `__proto__` table: headers with
+   * such a key, nested tables or arrays (x-death) are null-prototype copies where `__proto__` is an ordinary
+   * own key (see `ownHeaders`). Use `Object.hasOwn`, not `headers.hasOwnProperty`.
+   */
   readonly headers: Readonly<Record<string, unknown>>;
   readonly body: Buffer;
   /** The routing key it was published with, even after a trip through a dead letter queue. */
@@ -227,6 +231,47 @@ function integerHeader(headers: Readonly<Record<string, unknown>>, name: string)
       ? `header ${name} is missing`
       : `header ${name} must be an integer, got ${typeof value} ${describe(value)}`,
   );
+}
+
+/**
+ * The headers of a delivery with no key hidden in a prototype. amqplib's decoder assigns every key of a field
+ * table to a plain object, so a key `__proto__` whose value is a table (or array, or bytes) sets that object's
+ * prototype instead: the headers would inherit keys the message does not have. Such tables, and any headers
+ * with nested tables or arrays (x-death records), are copied into null-prototype objects, where the
+ * prototype becomes the ordinary own key `__proto__` again. Flat headers of a plain object (the usual Beetle
+ * headers) cannot hide anything and are returned as they are, so the common case costs no copy. (A
+ * `__proto__` key with a scalar value is dropped by amqplib's assignment and cannot be recovered; with a void
+ * value it leaves a null prototype, read as no key, as Ruby drops nil headers.)
+ */
+export function ownHeaders(table: object): Readonly<Record<string, unknown>> {
+  if (Object.getPrototypeOf(table) === Object.prototype) {
+    let flat = true;
+    for (const key in table) {
+      const value = (table as Record<string, unknown>)[key];
+      if (typeof value === 'object' && value !== null && !Buffer.isBuffer(value)) {
+        flat = false;
+        break;
+      }
+    }
+    if (flat) return table as Record<string, unknown>;
+  }
+  return ownTable(table);
+}
+
+function ownTable(table: object): Record<string, unknown> {
+  const copy = Object.create(null) as Record<string, unknown>;
+  for (const key of Object.keys(table)) copy[key] = ownValue((table as Record<string, unknown>)[key]);
+  const prototype: unknown = Object.getPrototypeOf(table);
+  // Assigned to a null-prototype object, `__proto__` is an ordinary own key.
+  if (prototype !== Object.prototype && prototype !== null) copy['__proto__'] = ownValue(prototype);
+  return copy;
+}
+
+function ownValue(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null) return value;
+  if (Array.isArray(value)) return value.map(ownValue);
+  if (ArrayBuffer.isView(value) || value instanceof Date) return value;
+  return ownTable(value);
 }
 
 /** Ruby `Message#routing_key`: the last x-death record's first routing key, else the delivery's. */
@@ -295,10 +340,14 @@ export function decodeMessage(raw: RawDelivery, source: DeliverySource): DecodeR
       throw new MessageDecodingError('message_id is missing');
     }
     if (uuid.includes(':')) throw new MessageDecodingError(`message_id ${JSON.stringify(uuid)} contains ":"`);
-    const headers = properties.headers;
-    if (headers === undefined || headers === null || typeof headers !== 'object') {
+    if (
+      properties.headers === undefined ||
+      properties.headers === null ||
+      typeof properties.headers !== 'object'
+    ) {
       throw new MessageDecodingError(`message ${uuid} has no headers`);
     }
+    const headers = ownHeaders(properties.headers);
     const timestamp = typeof properties.timestamp === 'number' ? properties.timestamp : undefined;
     const deliveryCountValue = headers['x-delivery-count'];
     const deliveryCount =

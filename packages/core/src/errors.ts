@@ -17,6 +17,7 @@ export type BeetleErrorReason =
   | 'publish-timeout'
   | 'invalid-publish'
   | 'policy-request'
+  | 'policy-refused'
   | 'queue-setup'
   | 'closed'
   | 'timeout';
@@ -169,6 +170,20 @@ export class PolicyRequestError extends BeetleError {
     options: BeetleErrorOptions = {},
   ) {
     super('policy-request', message, options);
+  }
+}
+
+/**
+ * A queue policy operation refused before any request was sent: a name the RabbitMQ management API cannot
+ * address, or a policy update message naming a broker or queue the worker does not manage. `field` names the
+ * part at fault (`server`, `queue_name`, `vhost`, ...).
+ */
+export class PolicyRefusedError extends BeetleError {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super('policy-refused', message);
   }
 }
 

@@ -85,7 +85,9 @@ describe('defaults', () => {
       subscriberConcurrency: 1,
       subscriberReconnectMaxDelay: 60,
       rejectRequeueDelay: 1,
+      rejectRequeueMaxDelay: 10,
       stopTimeout: 30,
+      policyUpdatesAllowedQueues: '',
     });
   });
 
@@ -151,7 +153,9 @@ describe('option table', () => {
       'subscriberConcurrency',
       'subscriberReconnectMaxDelay',
       'rejectRequeueDelay',
+      'rejectRequeueMaxDelay',
       'stopTimeout',
+      'policyUpdatesAllowedQueues',
     ]);
   });
 

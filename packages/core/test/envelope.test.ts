@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { decodeMessage, encodeMessage, originalRoutingKey, type RawDelivery } from '../src/envelope.js';
+import {
+  decodeMessage,
+  encodeMessage,
+  originalRoutingKey,
+  ownHeaders,
+  type RawDelivery,
+} from '../src/envelope.js';
 import { MessageDecodingError } from '../src/errors.js';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -170,5 +176,70 @@ describe('decodeMessage', () => {
     expect(() => r.message.text()).toThrow(MessageDecodingError);
     const r2 = decodeMessage(delivery({}, Buffer.from('{nope')), source);
     expect(r2.ok && (() => r2.message.json())).toThrow(/not valid JSON/);
+  });
+});
+
+/** A table as amqplib's decoder builds it: `fields[key] = value` on a plain object, for each key in order. */
+function amqplibTable(entries: readonly [string, unknown][]): Record<string, unknown> {
+  const fields: Record<string, unknown> = {};
+  for (const [key, value] of entries) fields[key] = value;
+  return fields;
+}
+
+describe('ownHeaders (a header named __proto__)', () => {
+  it('turns a prototype set through a __proto__ key back into an own key of a null-prototype copy', () => {
+    const hostile = amqplibTable([
+      ['format_version', '1'],
+      ['__proto__', amqplibTable([['flags', '0']])],
+    ]);
+    expect((hostile as { flags?: unknown }).flags).toBe('0'); // what amqplib hands over: inherited
+    const headers = ownHeaders(hostile);
+    expect(Object.getPrototypeOf(headers)).toBe(null);
+    expect(Object.keys(headers)).toEqual(['format_version', '__proto__']);
+    expect(headers['flags']).toBeUndefined();
+    expect({ ...(headers['__proto__'] as object) }).toEqual({ flags: '0' });
+  });
+
+  it('copies nested tables and the tables in arrays (x-death) the same way', () => {
+    const death = amqplibTable([
+      ['__proto__', amqplibTable([['routing-keys', ['forged']]])],
+      ['count', 1],
+    ]);
+    const headers = ownHeaders(
+      amqplibTable([
+        ['x-death', [death]],
+        ['bytes', Buffer.from('b')],
+      ]),
+    );
+    const [record] = headers['x-death'] as Record<string, unknown>[];
+    expect(Object.getPrototypeOf(record)).toBe(null);
+    expect(record!['routing-keys']).toBeUndefined();
+    expect(Buffer.isBuffer(headers['bytes'])).toBe(true);
+    expect(originalRoutingKey(headers, 'delivered')).toBe('delivered');
+  });
+
+  it('returns flat plain headers as they are (no copy on the common path)', () => {
+    const flat = amqplibTable([
+      ['format_version', '1'],
+      ['bytes', Buffer.from('b')],
+      ['n', 5],
+    ]);
+    expect(ownHeaders(flat)).toBe(flat);
+  });
+
+  it('decodeMessage reads Beetle headers only from own keys', () => {
+    const hostile = amqplibTable([
+      [
+        '__proto__',
+        amqplibTable([
+          ['format_version', '1'],
+          ['flags', '0'],
+          ['expires_at', '99999'],
+        ]),
+      ],
+    ]);
+    const r = decodeMessage(delivery({ headers: hostile }), { queue: 'q', server: 's' });
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.error.message).toBe('header format_version is missing');
   });
 });

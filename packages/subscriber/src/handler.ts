@@ -32,7 +32,9 @@ export interface UndecodedMessage {
   readonly body: Buffer;
   readonly routingKey: string;
   readonly redelivered: boolean;
+  /** The AMQP headers, nothing inherited from a `__proto__` key (see `ownHeaders` in `@beetle/core`). */
   readonly headers: Readonly<Record<string, unknown>> | undefined;
+  /** The delivery as amqplib decoded it (its headers as amqplib made them: prefer `headers`). */
   readonly delivery: RawDelivery;
   /** Why decoding failed. */
   readonly error: MessageDecodingError;

@@ -20,6 +20,7 @@ export type {
   DeliverySettler,
   ProcessParams,
   ProcessResult,
+  RejectReason,
   SettleState,
 } from './processing.js';
 export { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';

@@ -6,6 +6,7 @@ import {
   isFailureOutcome,
   isRejectOutcome,
   isSimple,
+  ownHeaders,
   silentLogger,
   timeoutAt,
   type BeetleMessage,
@@ -35,13 +36,26 @@ import {
 export interface DeliverySettler {
   /** basic.ack; false when it cannot reach the broker (channel gone): the broker will redeliver. */
   ack(): boolean;
-  /** Hands the delivery back: reject to the dead letter queue, or requeue (after the requeue delay). */
-  reject(): void;
+  /**
+   * Hands the delivery back: reject to the dead letter queue, or requeue (after the requeue delay). `reason`
+   * says why, so that the settler can pace copies of a message that is not ready yet (see `RejectReason`).
+   */
+  reject(reason?: RejectReason): void;
   /** Publishes an RPC reply (exchange `""`, routing key `replyTo`, not persistent, no Beetle headers). */
   reply(replyTo: string, body: Buffer, headers: { readonly status: 'OK' | 'FAILED' }): Promise<void>;
 }
 
 export type SettleState = 'pending' | 'acked' | 'rejected';
+
+/** Why a delivery is handed back. */
+export interface RejectReason {
+  readonly outcome: Outcome;
+  /**
+   * Unix seconds from which the message is ready again, when the store says: the retry time for `Delayed`,
+   * the time the running handler counts as timed out for `HandlerNotYetTimedOut`.
+   */
+  readonly readyAt: number | undefined;
+}
 
 /**
  * Settles a delivery exactly once: a second ack, or a reject after an ack, is refused and logged (Ruby
@@ -73,7 +87,7 @@ export class OnceSettler {
     return this.inner.ack();
   }
 
-  reject(): boolean {
+  reject(reason?: RejectReason): boolean {
     if (this.current !== 'pending') {
       this.logger.error(
         { ...this.context, state: this.current },
@@ -82,7 +96,7 @@ export class OnceSettler {
       return false;
     }
     this.current = 'rejected';
-    this.inner.reject();
+    this.inner.reject(reason);
     return true;
   }
 }
@@ -211,7 +225,7 @@ function undecodedMessage(
     body: delivery.content,
     routingKey: delivery.fields.routingKey,
     redelivered: delivery.fields.redelivered,
-    headers: typeof headers === 'object' && headers !== null ? headers : undefined,
+    headers: typeof headers === 'object' && headers !== null ? ownHeaders(headers) : undefined,
     delivery,
     error,
   };
@@ -325,6 +339,8 @@ class Processing {
   private exception: { readonly error: unknown } | undefined;
   private handlerCalled = false;
   private handlerResult: unknown;
+  /** When the message is ready again, for a not-ready outcome whose time the store told (`RejectReason`). */
+  private readyAt: number | undefined;
 
   constructor(private readonly params: ProcessParams) {
     this.clock = params.clock ?? systemClock;
@@ -391,7 +407,7 @@ class Processing {
 
     if (isRejectOutcome(outcome)) {
       // After an ack (e.g. a store error in `acknowledged`) there is nothing left to hand back.
-      if (this.settle.state === 'pending') this.settle.reject();
+      if (this.settle.state === 'pending') this.settle.reject({ outcome, readyAt: this.readyAt });
     } else if (this.replyTo() !== undefined) {
       await this.reply(outcome);
     }
@@ -477,9 +493,13 @@ class Processing {
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
-    if (state.delay !== undefined && state.delay > now) return Outcome.Delayed;
+    if (state.delay !== undefined && state.delay > now) {
+      this.readyAt = state.delay;
+      return Outcome.Delayed;
+    }
     // Unlike Ruby (weak spot 5), a missing timeout key counts as timed out, so the message cannot get stuck.
     if (state.timeout !== undefined && state.timeout + TIMEOUT_GRACE_PERIOD >= now) {
+      this.readyAt = state.timeout + TIMEOUT_GRACE_PERIOD + 1;
       return Outcome.HandlerNotYetTimedOut;
     }
     if (state.attempts >= policy.attemptsLimit) {

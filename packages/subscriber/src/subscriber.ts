@@ -28,7 +28,8 @@ import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { LocalCopies, type CopyLine, type DueAcks } from './copies.js';
 import type { SubscriberErrorEvent, SubscriberEvents } from './events.js';
 import { resolveHandler, type Handler, type HandlerOptions, type ResolvedHandler } from './handler.js';
-import { processDelivery, type DeliverySettler } from './processing.js';
+import { processDelivery, type DeliverySettler, type RejectReason } from './processing.js';
+import { isNotReady, RequeuePacing } from './requeue.js';
 
 export interface SubscriberOptions {
   readonly config: BeetleConfig;
@@ -109,7 +110,12 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private running = 0;
   private readonly waiting: ((go: boolean) => void)[] = [];
   private readonly inFlight = new Set<Promise<void>>();
+  /** Deliveries held before they go back to the broker: their timers and what hands them back. */
   private readonly requeues = new Map<TimerHandle, () => void>();
+  /** How long copies of messages that are not ready yet are held before they go back (see `reject`). */
+  private readonly pacing: RequeuePacing;
+  /** Dead-letter deliveries held per channel and queue (bounded to half the prefetch, see `reject`). */
+  private readonly deadLetterHolds = new Map<SubscriberChannel, Map<string, number>>();
   /** The copies of each message in flight here, and recently completed ones (see `LocalCopies`). */
   private readonly copies: LocalCopies;
   /** Deliveries waiting for a copy in flight: their wake-up (`false`: stop) and when to stop waiting. */
@@ -120,8 +126,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   /** Held counts being recorded by the sweep (awaited by stop, so that the store is not closed under them). */
   private readonly heldRecordings = new Set<Promise<void>>();
   /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
-  private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery) =>
-    this.reject(channel, queue, delivery);
+  private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery, reason) =>
+    this.reject(channel, queue, delivery, reason);
 
   constructor(options: SubscriberOptions) {
     const logger = options.logger ?? silentLogger;
@@ -134,6 +140,10 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
     this.copies = new LocalCopies(() => this.clock.nowMs());
+    this.pacing = new RequeuePacing(
+      this.config.rejectRequeueDelay * 1000,
+      this.config.rejectRequeueMaxDelay * 1000,
+    );
   }
 
   /** Registers the handler of a queue (registered name); throws `UnknownQueueError` for unknown queues. */
@@ -436,23 +446,64 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     }
   }
 
-  /** Dead lettering: reject to the DLQ now. Otherwise requeue after `rejectRequeueDelay`, for this message only. */
-  private reject(channel: SubscriberChannel, queue: QueueDefinition, delivery: Delivery): void {
-    if (queue.deadLettering) {
-      channel.reject(delivery, false);
+  /**
+   * Hands a delivery back to the broker: to the dead letter queue (dead lettering) or requeued, after a hold
+   * (a timer for this delivery alone). Requeues wait `rejectRequeueDelay`. Copies of a message that is not
+   * ready yet are paced (`RequeuePacing`): held longer with each sighting, or until the known retry time,
+   * up to `rejectRequeueMaxDelay`. With dead lettering the first sighting goes back at once, as in Ruby (the
+   * dead letter queue's TTL paces it), and later ones are held only while fewer than half of the consumer's
+   * prefetch are held that way: a held delivery occupies a prefetch slot that the rest of the queue could use.
+   */
+  private reject(
+    channel: SubscriberChannel,
+    queue: QueueDefinition,
+    delivery: Delivery,
+    reason: RejectReason | undefined,
+  ): void {
+    const requeue = !queue.deadLettering;
+    const { rejectRequeueDelay, rejectRequeueMaxDelay, prefetchCount } = this.config;
+    let holdMs = requeue ? rejectRequeueDelay * 1000 : 0;
+    const paced = rejectRequeueDelay > 0 && rejectRequeueMaxDelay > 0 && isNotReady(reason);
+    let holds: Map<string, number> | undefined;
+    if (paced && !this.stopping) {
+      if (!requeue) {
+        holds = this.deadLetterHolds.get(channel);
+        if ((holds?.get(queue.name) ?? 0) >= Math.floor(prefetchCount / 2)) {
+          channel.reject(delivery, false);
+          return;
+        }
+      }
+      const key = `${String(delivery.properties.messageId)}:${queue.amqpName}`;
+      holdMs = this.pacing.holdMs(key, reason, this.clock.nowMs(), !requeue);
+    }
+    if (holdMs <= 0 || this.stopping) {
+      channel.reject(delivery, requeue);
       return;
     }
-    const delayMs = this.config.rejectRequeueDelay * 1000;
-    if (delayMs <= 0 || this.stopping) {
-      channel.reject(delivery, true);
-      return;
+    if (!requeue) {
+      if (holds === undefined) {
+        holds = new Map();
+        this.deadLetterHolds.set(channel, holds);
+      }
+      holds.set(queue.name, (holds.get(queue.name) ?? 0) + 1);
     }
     const fire = (): void => {
       this.requeues.delete(handle);
-      channel.reject(delivery, true);
+      if (holds !== undefined) this.releaseDeadLetterHold(channel, holds, queue.name);
+      channel.reject(delivery, requeue);
     };
-    const handle = this.clock.setTimeout(fire, delayMs);
+    const handle = this.clock.setTimeout(fire, holdMs);
     this.requeues.set(handle, fire);
+  }
+
+  private releaseDeadLetterHold(channel: SubscriberChannel, holds: Map<string, number>, queue: string): void {
+    const left = (holds.get(queue) ?? 1) - 1;
+    if (left > 0) {
+      holds.set(queue, left);
+      return;
+    }
+    holds.delete(queue);
+    if (holds.size === 0 && this.deadLetterHolds.get(channel) === holds) this.deadLetterHolds.delete(channel);
   }
 
   /** Takes a free slot now if there is one (what `acquireSlot` does without waiting). */
@@ -894,7 +945,12 @@ class BrokerConsumer {
 }
 
 /** Settles one delivery on its channel (a class rather than closures: one allocation per delivery). */
-type RejectDelivery = (channel: SubscriberChannel, queue: QueueDefinition, delivery: Delivery) => void;
+type RejectDelivery = (
+  channel: SubscriberChannel,
+  queue: QueueDefinition,
+  delivery: Delivery,
+  reason: RejectReason | undefined,
+) => void;
 
 class ChannelSettler implements DeliverySettler {
   constructor(
@@ -908,8 +964,8 @@ class ChannelSettler implements DeliverySettler {
     return this.channel.ack(this.delivery);
   }
 
-  reject(): void {
-    this.rejectDelivery(this.channel, this.queue, this.delivery);
+  reject(reason?: RejectReason): void {
+    this.rejectDelivery(this.channel, this.queue, this.delivery, reason);
   }
 
   reply(replyTo: string, body: Buffer, headers: { readonly status: 'OK' | 'FAILED' }): Promise<void> {

@@ -353,6 +353,59 @@ describe('Subscriber: deliveries', () => {
     await sub.stop();
   });
 
+  it('requeue: a copy in progress elsewhere is held longer with each redelivery (1 s, 2 s, 4 s)', async () => {
+    const sub = subscriber();
+    sub.register('orders', () => undefined, { attempts: 2, timeout: 60 });
+    await sub.listen();
+    const message = { ...id(), redundant: true };
+    // Another process runs the message (its claim is in the store).
+    await store.claim(
+      { queue: 'orders', uuid: message.messageId! },
+      { expiresAt: clock.now() + 3600, timeoutAt: clock.now() + 60 },
+    );
+    const channel = pool.channel(A);
+    const heldFor: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const tag = channel.deliver('orders', 'x', message);
+      await flush();
+      const start = clock.nowMs();
+      while (!channel.rejected.some((r) => r.tag === tag)) await clock.advance(250);
+      heldFor.push(clock.nowMs() - start);
+    }
+    expect(heldFor).toEqual([1000, 2000, 4000]);
+    expect(channel.rejected.every((r) => r.requeue)).toBe(true);
+    expect(processed.map((p) => p.outcome)).toEqual(Array(3).fill(Outcome.HandlerNotYetTimedOut));
+    await sub.stop();
+  });
+
+  it('dead lettering: not-ready copies are held only while at most half the prefetch is held; the rest go at once', async () => {
+    const sub = subscriber({ prefetchCount: 4, subscriberConcurrency: 4 });
+    sub.register('audit', () => undefined, { attempts: 2, timeout: 60 });
+    await sub.listen();
+    const messages = [id(), id(), id()].map((m) => ({ ...m, redundant: true }));
+    for (const m of messages) {
+      await store.claim(
+        { queue: 'audit', uuid: m.messageId! },
+        { expiresAt: clock.now() + 3600, timeoutAt: clock.now() + 60 },
+      );
+    }
+    const channel = pool.channel(A);
+    // First sightings go to the dead letter queue at once, as in Ruby.
+    const first = messages.map((m) => channel.deliver('audit', 'x', m));
+    await flush();
+    expect(channel.rejected).toEqual(first.map((tag) => ({ tag, requeue: false })));
+    // Second sightings: two (half the prefetch of 4) are held for the base delay, the third goes at once.
+    const second = messages.map((m) => channel.deliver('audit', 'x', m));
+    await flush();
+    expect(channel.rejected.slice(3)).toEqual([{ tag: second[2], requeue: false }]);
+    await clock.advance(1000);
+    expect(channel.rejected.slice(4)).toEqual([
+      { tag: second[0], requeue: false },
+      { tag: second[1], requeue: false },
+    ]);
+    await sub.stop();
+  });
+
   it('publishes RPC replies on the consumer channel: exchange "", not persistent, status header', async () => {
     const sub = subscriber();
     sub.register('orders', (m) => `re: ${m.text()}`);

@@ -135,8 +135,18 @@ export interface BeetleConfig {
   readonly subscriberReconnectMaxDelay: number;
   /** TS-only. Seconds before a reject with requeue (queues without dead lettering); per message, non-blocking. */
   readonly rejectRequeueDelay: number;
+  /**
+   * TS-only. Seconds; cap of the hold of a message that is not ready (in progress elsewhere, delayed), which
+   * doubles from `rejectRequeueDelay` with each redelivery of that message. 0: no backoff.
+   */
+  readonly rejectRequeueMaxDelay: number;
   /** TS-only. Seconds; default bound for a graceful stop. */
   readonly stopTimeout: number;
+  /**
+   * TS-only. Queues the policy update worker (`beetle policy-updates`) accepts updates for besides those of its
+   * topology: comma-separated exact names, `prefix*`, or `*` for every queue.
+   */
+  readonly policyUpdatesAllowedQueues: string;
 }
 
 export type OptionName = keyof BeetleConfig;
@@ -355,7 +365,21 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     ...secs(1, 'pause before a reject with requeue (queues without dead lettering), per message', true),
     tsOnly: true,
   },
+  rejectRequeueMaxDelay: {
+    ...secs(
+      10,
+      'cap of the backoff of a message not ready yet (in progress elsewhere, delayed): its hold doubles from reject_requeue_delay with each redelivery (0: no backoff)',
+      true,
+    ),
+    tsOnly: true,
+  },
   stopTimeout: { ...secs(30, 'default bound for a graceful stop'), tsOnly: true },
+  policyUpdatesAllowedQueues: {
+    ...anyStr(
+      'queues the policy update worker accepts besides those of its topology: comma-separated names, `prefix*`, or `*` for all',
+    ),
+    tsOnly: true,
+  },
 };
 
 const snakeCase = (name: string): string => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
