@@ -131,10 +131,23 @@ export interface CopyKnowledge {
   completed(acks: number, handlerRan: boolean): boolean;
 }
 
+/** A run the store counted whose handler was abandoned by a forced stop (see `DedupStore.release`). */
+export interface AbandonedRun {
+  readonly ref: MessageRef;
+  /** The attempt number the store gave the run. */
+  readonly attempts: number;
+}
+
 export interface ProcessResult {
   /** `undefined` when the delivery was abandoned by a forced stop. */
   readonly outcome: Outcome | undefined;
   readonly abandoned: boolean;
+  /**
+   * When a running handler was abandoned: its run as the store counted it, for the caller to give back with
+   * `store.release` (the subscriber does, before it closes its channels), so that the redelivery runs at
+   * once instead of after the handler timeout.
+   */
+  readonly abandonedRun?: AbandonedRun;
   /** The decoded message (undefined when decoding failed). */
   readonly message: HandlerMessage | undefined;
   readonly settled: SettleState;
@@ -325,6 +338,7 @@ class Processing {
   private exception: { readonly error: unknown } | undefined;
   private handlerCalled = false;
   private handlerResult: unknown;
+  private abandonedRun: AbandonedRun | undefined;
 
   constructor(private readonly params: ProcessParams) {
     this.clock = params.clock ?? systemClock;
@@ -411,6 +425,7 @@ class Processing {
     return {
       outcome,
       abandoned: outcome === undefined,
+      ...(this.abandonedRun === undefined ? {} : { abandonedRun: this.abandonedRun }),
       message: this.message,
       settled: this.settle.state,
       error,
@@ -468,8 +483,13 @@ class Processing {
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
-    // 5. First sighting: the message is ours.
-    const claim = await store.claim(ref, { expiresAt: message.expiresAt, timeoutAt: timeoutAt(now, policy) });
+    // 5. First sighting: the message is ours. Timeouts, delays and the mutex's age are decided with the
+    //    store's clock where it has one (`timeout`), so that consumers with skewed clocks agree.
+    const claim = await store.claim(ref, {
+      expiresAt: message.expiresAt,
+      timeoutAt: timeoutAt(now, policy),
+      timeout: policy.timeout,
+    });
     if (claim.first) return this.runAndRecord(ref, claim.attempts);
     // 6. Seen before.
     const { state } = claim;
@@ -477,18 +497,20 @@ class Processing {
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
-    if (state.delay !== undefined && state.delay > now) return Outcome.Delayed;
+    const storeNow = claim.now ?? now;
+    if (state.delay !== undefined && state.delay > storeNow) return Outcome.Delayed;
     // Unlike Ruby (weak spot 5), a missing timeout key counts as timed out, so the message cannot get stuck.
-    if (state.timeout !== undefined && state.timeout + TIMEOUT_GRACE_PERIOD >= now) {
+    if (state.timeout !== undefined && state.timeout + TIMEOUT_GRACE_PERIOD >= storeNow) {
       return Outcome.HandlerNotYetTimedOut;
     }
+    const completion = { expiresAt: message.expiresAt };
     if (state.attempts >= policy.attemptsLimit) {
-      await store.complete(ref);
+      await store.complete(ref, completion);
       await this.ackAndForget(ref);
       return Outcome.AttemptsLimitReached;
     }
     if (state.exceptions > policy.exceptionsLimit) {
-      await store.complete(ref);
+      await store.complete(ref, completion);
       await this.ackAndForget(ref);
       return Outcome.ExceptionsLimitReached;
     }
@@ -496,6 +518,7 @@ class Processing {
       now,
       timeoutAt: timeoutAt(now, policy),
       staleAfter: policy.timeout + TIMEOUT_GRACE_PERIOD,
+      timeout: policy.timeout,
     });
     if (!acquired.acquired) return Outcome.MutexLocked;
     return this.runAndRecord(ref, acquired.attempts);
@@ -505,9 +528,15 @@ class Processing {
   private async runAndRecord(ref: MessageRef, attempts: number): Promise<Outcome | undefined> {
     const { store, handler } = this.params;
     const run = await this.runHandler(attempts);
-    if (run.kind === 'abandoned') return undefined;
+    if (run.kind === 'abandoned') {
+      // Counted by the store but never finished: the caller gives it back (see ProcessResult.abandonedRun).
+      this.abandonedRun = { ref, attempts };
+      return undefined;
+    }
+    // Written with the completion: keys recreated after a garbage collection stay collectable.
+    const expiresAt = this.message?.expiresAt;
     if (run.kind === 'ok') {
-      await store.complete(ref);
+      await store.complete(ref, { expiresAt });
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
@@ -515,11 +544,13 @@ class Processing {
     const { policy } = handler;
     const failed = await store.fail(ref, {
       now: this.clock.now(),
+      storeClock: true,
       attemptsLimit: policy.attemptsLimit,
       exceptionsLimit: policy.exceptionsLimit,
       accepted: this.accepts(run.error),
       delay: policy.delay,
       maxDelay: policy.maxDelay,
+      expiresAt,
     });
     if (failed.outcome === Outcome.HandlerCrash) {
       this.logger.warn(
