@@ -26,7 +26,7 @@ import {
 } from '@beetle/core';
 import { Batcher, type Schedule } from './batch.js';
 import { RedisConnection, type ScriptedRedis } from './connection.js';
-import { ReplyKeys } from './replies.js';
+import { ReplyKeys, type OnceCall } from './replies.js';
 import type { ScriptName } from './scripts.js';
 
 /** Options of {@link RedisDedupStore}. Durations are in seconds, like Ruby Beetle's configuration. */
@@ -144,6 +144,9 @@ const afterAcks: Schedule = (flush) => process.nextTick(() => setImmediate(flush
 /** Most messages per batched command: bounds a script's run time on the server and the size of a command. */
 const MAX_BATCH = 100;
 
+/** The replies a script does not store (see the scripts): their reply keys need no deletion. */
+const NO_STORED_REPLY: Partial<Record<ScriptName, unknown>> = { beetleAcknowledged: 1 };
+
 /** Seconds a stored reply outlives the failover timeout (after which its call is no longer resent). */
 const REPLY_TTL_MARGIN = 60;
 
@@ -159,23 +162,23 @@ interface ClaimItem {
 const timeoutArg = (timeoutAt: number, timeout: number | undefined): string =>
   timeout === undefined ? String(timeoutAt) : `+${Math.ceil(timeout)}`;
 
-/** The arguments of a claim script call (built once: a resend sends the same). */
-const claimArgs = (items: readonly ClaimItem[], header: readonly string[]): string[] => {
-  const args: string[] = [String(items.length)];
-  for (const { ref } of items) args.push(msgId(ref));
-  args.push(...header);
+/** The claim script call of a batch (built once: a resend sends the same, marked as a resend). */
+const claimCall = (replies: ReplyKeys, key: string, items: readonly ClaimItem[]): OnceCall => {
+  const before: string[] = [String(items.length)];
+  for (const { ref } of items) before.push(msgId(ref));
+  const own: string[] = [];
   for (const { params } of items) {
-    args.push(String(params.expiresAt), timeoutArg(params.timeoutAt, params.timeout));
+    own.push(String(params.expiresAt), timeoutArg(params.timeoutAt, params.timeout));
   }
-  return args;
+  return replies.call(before, key, own);
 };
 
-const sendClaim = (redis: ScriptedRedis, args: readonly string[]): Promise<unknown> =>
-  redis.beetleClaim(...args);
+const sendClaim = (redis: ScriptedRedis, call: OnceCall): Promise<unknown> =>
+  redis.beetleClaim(...call.next());
 
 /** A script call with its message id first, then its reply header and arguments. */
-const sendScript = (redis: ScriptedRedis, script: ScriptName, args: readonly string[]): Promise<unknown> =>
-  redis[script](...args);
+const sendScript = (redis: ScriptedRedis, script: ScriptName, call: OnceCall): Promise<unknown> =>
+  redis[script](...call.next());
 
 interface CompleteItem {
   readonly ref: MessageRef;
@@ -294,7 +297,7 @@ export class RedisDedupStore implements DedupStore {
         const key = replies.next();
         let reply: unknown;
         try {
-          reply = await connection.run('claim', sendClaim, claimArgs(items, replies.header(key)));
+          reply = await connection.run('claim', sendClaim, claimCall(replies, key, items));
         } finally {
           replies.done(key);
         }
@@ -404,7 +407,7 @@ export class RedisDedupStore implements DedupStore {
       await this.runOnce('acknowledged', 'beetleAcknowledged', ref, ['1', interval, String(acks)]);
     } else {
       // DEL + EXPIRE: harmless to repeat, so no reply key (it still deletes those of earlier calls).
-      const call = [msgId(ref), ...this.replies.header(''), '0', interval, '1'];
+      const call = this.replies.call([msgId(ref)], '', ['0', interval, '1']);
       await this.connection.run('acknowledged', sendScript, 'beetleAcknowledged', call);
     }
   }
@@ -508,11 +511,15 @@ export class RedisDedupStore implements DedupStore {
     args: readonly string[],
   ): Promise<unknown> {
     const key = this.replies.next();
-    const call = [msgId(ref), ...this.replies.header(key), ...args];
+    const call = this.replies.call([msgId(ref)], key, args);
+    let reply: unknown;
     try {
-      return await this.connection.run(operation, sendScript, script, call);
-    } finally {
+      reply = await this.connection.run(operation, sendScript, script, call);
+    } catch (error) {
       this.replies.done(key);
+      throw error;
     }
+    if (reply !== NO_STORED_REPLY[script]) this.replies.done(key);
+    return reply;
   }
 }

@@ -46,31 +46,38 @@ local p = KEYS[1]
 /**
  * The first lines of the scripts whose effect must not repeat when the call is resent (see
  * `RedisConnection.run`: a call whose reply was lost, to a connection reset or a master switch, is sent
- * again, though Redis may have run it). ARGV starts with:
+ * again, though Redis may have run it). ARGV is:
  *
  * 1. the reply key of the call (`beetle:reply:<store>:<n>`, generated once per call, the same for each
  *    resend), or '' for a call that is harmless to repeat;
- * 2. how many seconds the reply is kept (a bit more than the caller keeps resending: its failover timeout);
- * 3. the number n of reply keys that follow, then those n keys: earlier calls of the same client whose
- *    replies have arrived, so they are deleted now rather than expiring (without an extra round trip).
+ * 2. how many seconds the reply is kept (a bit more than the caller keeps resending: its failover timeout),
+ *    negative for a resend (a first send cannot find a stored reply: no lookup);
+ * 3. the script's own arguments (`own` of them; `arg(i)` is the i-th);
+ * 4. reply keys of earlier calls of the same client whose replies have arrived: deleted now rather than
+ *    expiring, without a round trip of their own.
  *
- * The script's own arguments follow: `arg(i)` is the i-th. When the reply key exists, the call ran already:
- * its stored reply is returned and nothing is done again. Otherwise the script acts and `reply(value)`
- * stores its reply under the key. A script's effects are replicated as one unit, so after a master switch
- * the new master has both the effects and the stored reply, or neither (and then the resend acts anew).
- * The reply keys are outside the `msgid:` namespace, so neither Ruby nor Beetle's garbage collectors see them.
+ * When a resend finds its reply key, the call ran already: its stored reply is returned and nothing is done
+ * again. Otherwise the script acts and `reply(value)` stores its reply under the key. A script's effects are
+ * replicated as one unit, so after a master switch the new master has both the effects and the stored
+ * reply, or neither (and then the resend acts anew). The reply keys are outside the `msgid:` namespace:
+ * neither Ruby nor Beetle's garbage collectors look at them. Few arguments on purpose: each costs the client
+ * about a microsecond.
  */
-const LUA_REPLY = `
-local reply_key = ARGV[1]
-local forgotten = tonumber(ARGV[3])
-local function arg(i) return ARGV[3 + forgotten + i] end
-if reply_key ~= '' then
-  local stored = redis.call('get', reply_key)
-  if stored then return cjson.decode(stored) end
+const luaReply = (own: string): string => `
+local reply_key, reply_ttl = ARGV[1], ARGV[2]
+local resend = string.sub(reply_ttl, 1, 1) == '-'
+if resend then
+  reply_ttl = string.sub(reply_ttl, 2)
+  if reply_key ~= '' then
+    local stored = redis.call('get', reply_key)
+    if stored then return cjson.decode(stored) end
+  end
 end
-if forgotten > 0 then redis.call('del', unpack(ARGV, 4, 3 + forgotten)) end
+local function arg(i) return ARGV[2 + i] end
+local forgotten = 3 + (${own})
+if #ARGV >= forgotten then redis.call('del', unpack(ARGV, forgotten)) end
 local function reply(value)
-  if reply_key ~= '' then redis.call('set', reply_key, cjson.encode(value), 'EX', ARGV[2]) end
+  if reply_key ~= '' then redis.call('set', reply_key, cjson.encode(value), 'EX', reply_ttl) end
   return value
 end
 `;
@@ -90,7 +97,7 @@ end
 
 /**
  * First sighting or state, for one or more messages at once (claims made in the same tick share a call).
- * KEYS: the message ids. ARGV: the reply header (see LUA_REPLY), then expires_at and timeout_at of each
+ * KEYS: the message ids. ARGV: reply key and TTL (see luaReply; reply keys to delete go last), then expires_at and timeout_at of each
  * message, in KEYS order; a timeout_at `+<seconds>` means Redis' now + seconds. Returns one entry per
  * message: `{1, attempts}` when MSETNX succeeded (and attempts was incremented), else
  * `{0, status, delay, timeout, attempts, exceptions}` (Ruby's MGET, nil for missing keys) with Redis' now
@@ -99,7 +106,7 @@ end
  */
 export const CLAIM: ScriptDefinition = {
   numberOfKeys: -1,
-  lua: `${LUA_HELPERS}${LUA_REPLY}${LUA_CLOCK}
+  lua: `${LUA_HELPERS}${luaReply('2 * #KEYS')}${LUA_CLOCK}
 local out = {}
 for i = 1, #KEYS do
   local p = KEYS[i]
@@ -133,7 +140,7 @@ return reply(out)
  */
 export const ACQUIRE: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_HELPERS}${LUA_KEYS}${LUA_REPLY}${LUA_CLOCK}
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('3')}${LUA_CLOCK}
 local now, timeout_at = tonumber(arg(1)), arg(2)
 if string.sub(timeout_at, 1, 1) == '+' then
   now = redis_now()
@@ -158,7 +165,7 @@ return reply(redis.call('incr', p .. ':attempts'))
  */
 export const FAIL: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_HELPERS}${LUA_KEYS}${LUA_REPLY}${LUA_CLOCK}
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('7')}${LUA_CLOCK}
 local timeout = p .. ':timeout'
 local exceptions_count = redis.call('incr', p .. ':exceptions')
 local attempts_count = to_i(redis.call('get', p .. ':attempts'))
@@ -195,16 +202,22 @@ return reply({outcome, attempts_count, exceptions_count, delay_until})
  * Ruby's store part of `ack!`. KEYS: the message id. ARGV: the reply header, then redundant (1/0),
  * status_key_expiry_interval, acks (how many acks to count: 1, Ruby's `INCR`, or 2 with `INCRBY` when one
  * subscriber acked both copies). Redundant messages count the acks and stop below 2 (">= 2 because increments
- * are retried and the counter could exceed two"; here a resent count is answered from its stored reply, so
- * a count lost on its way back does not reach 2 after one ack). Then all 8 keys are deleted (in KEY_SUFFIXES
- * order), or with an interval all but status, which gets that TTL. Returns 1 when the keys were deleted,
- * else 0.
+ * are retried and the counter could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or
+ * with an interval all but status, which gets that TTL. Returns 1 when the keys were deleted, else 0.
+ *
+ * Resends: a count that stopped below 2 stores its reply (resent, it would count again: one ack of a
+ * redundant message would delete the keys, and the other copy would run again). A count that deleted the
+ * keys stores none, on the hot path of every redundant message: its resend finds the keys deleted (no
+ * `timeout` key, which every claimed message has) and answers 1 without counting.
  */
 export const ACKNOWLEDGED: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_KEYS}${LUA_REPLY}
+  lua: `${LUA_KEYS}${luaReply('3')}
 local status, ack_count = p .. ':status', p .. ':ack_count'
 if arg(1) == '1' then
+  if resend and redis.call('exists', p .. ':timeout') == 0 then
+    return 1
+  end
   local acks = tonumber(arg(3))
   local count = acks == 1 and redis.call('incr', ack_count) or redis.call('incrby', ack_count, acks)
   if count < 2 then
@@ -219,7 +232,7 @@ else
   redis.call('del', status, ack_count, p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
     p .. ':mutex', p .. ':expires')
 end
-return reply(1)
+return 1
 `,
 };
 
@@ -231,7 +244,7 @@ return reply(1)
  */
 export const MARK_COMPLETED: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_KEYS}${LUA_REPLY}
+  lua: `${LUA_KEYS}${luaReply('1')}
 if redis.call('set', p .. ':status', 'completed', 'EX', arg(1), 'NX') then
   return reply(1)
 end
@@ -246,7 +259,7 @@ return reply(0)
  */
 export const RELEASE: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_HELPERS}${LUA_KEYS}${LUA_REPLY}
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('1')}
 local attempts = p .. ':attempts'
 local state = redis.call('mget', p .. ':status', attempts)
 if state[1] ~= 'incomplete' or to_i(state[2]) ~= tonumber(arg(1)) then

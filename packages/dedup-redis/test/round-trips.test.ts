@@ -132,12 +132,13 @@ describe('round trips on a Redis of our own', () => {
           `${p}:expires`,
         ],
       ]);
-      // Each script call looks for a stored reply of its own (a resend), stores its reply, and deletes the
-      // reply of the call before it (which has arrived).
+      // The claims and the first ack count store their replies (for a resend after a lost reply); the last
+      // count, which deletes the keys, stores none (its resend finds them deleted). Only a resend looks for a
+      // stored reply; the replies that arrived are deleted 16 at a time by a later call.
       const verbs = observed.replies.map((args) => args[0]);
-      expect(verbs.filter((verb) => verb === 'get')).toHaveLength(4);
-      expect(verbs.filter((verb) => verb === 'set')).toHaveLength(4);
-      expect(verbs.filter((verb) => verb === 'del')).toHaveLength(4);
+      expect(verbs.filter((verb) => verb === 'set')).toHaveLength(3);
+      expect(verbs.filter((verb) => verb === 'get')).toHaveLength(0);
+      expect(verbs.filter((verb) => verb === 'del').length).toBeLessThanOrEqual(1);
       const totalCommands = [...observed.stats.values()].reduce((sum, calls) => sum + calls, 0);
       // commandstats counts script-internal commands too: 4 script calls + Ruby's 8 commands + the replies'.
       expect(totalCommands).toBe(4 + 8 + observed.replies.length);
