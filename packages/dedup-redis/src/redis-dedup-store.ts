@@ -185,7 +185,7 @@ interface CompleteItem {
   readonly expiresAt: number | undefined;
 }
 
-/** Ruby's `completed!` (MSET status timeout) of each message, and its `expires` when known (see CompleteParams). */
+/** Ruby's `completed!` (MSET status timeout) of each message, with its `expires` when known (CompleteParams). */
 const completeBatch = (redis: ScriptedRedis, items: readonly CompleteItem[]): Promise<'OK'> => {
   const args: string[] = [];
   for (const { ref, expiresAt } of items) {
@@ -251,6 +251,8 @@ const claimResult = (entry: unknown): ClaimResult | Error => {
  */
 export class RedisDedupStore implements DedupStore {
   readonly statusKeyExpiryInterval: number;
+  /** `statusKeyExpiryInterval` as the acknowledged script takes it. */
+  private readonly intervalArg: string;
   private readonly connection: RedisConnection;
   private readonly replies: ReplyKeys;
   private readonly claims: Batcher<ClaimItem, ClaimResult>;
@@ -265,6 +267,7 @@ export class RedisDedupStore implements DedupStore {
       });
     }
     this.statusKeyExpiryInterval = interval;
+    this.intervalArg = String(interval);
     const db = options.db ?? 4;
     if (!Number.isInteger(db) || db < 0) {
       throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
@@ -400,7 +403,7 @@ export class RedisDedupStore implements DedupStore {
       await this.deletions.add(ref);
       return;
     }
-    const interval = String(this.statusKeyExpiryInterval);
+    const interval = this.intervalArg;
     await new Promise<void>((resolve) => afterAcks(resolve));
     if (params.redundant) {
       // A count: a resend is answered from the stored reply (counted twice, one ack would delete the keys).

@@ -53,8 +53,8 @@ local p = KEYS[1]
  * 2. how many seconds the reply is kept (a bit more than the caller keeps resending: its failover timeout),
  *    negative for a resend (a first send cannot find a stored reply: no lookup);
  * 3. the script's own arguments (`own` of them; `arg(i)` is the i-th);
- * 4. reply keys of earlier calls of the same client whose replies have arrived: deleted now rather than
- *    expiring, without a round trip of their own.
+ * 4. last, reply keys of earlier calls of the same client whose replies have arrived: deleted now rather
+ *    than expiring, without a round trip of their own.
  *
  * When a resend finds its reply key, the call ran already: its stored reply is returned and nothing is done
  * again. Otherwise the script acts and `reply(value)` stores its reply under the key. A script's effects are
@@ -97,7 +97,7 @@ end
 
 /**
  * First sighting or state, for one or more messages at once (claims made in the same tick share a call).
- * KEYS: the message ids. ARGV: reply key and TTL (see luaReply; reply keys to delete go last), then expires_at and timeout_at of each
+ * KEYS: the message ids. ARGV: the reply key and TTL (see luaReply), then expires_at and timeout_at of each
  * message, in KEYS order; a timeout_at `+<seconds>` means Redis' now + seconds. Returns one entry per
  * message: `{1, attempts}` when MSETNX succeeded (and attempts was incremented), else
  * `{0, status, delay, timeout, attempts, exceptions}` (Ruby's MGET, nil for missing keys) with Redis' now
@@ -132,7 +132,7 @@ return reply(out)
 };
 
 /**
- * Mutex for a retry. KEYS: the message id. ARGV: the reply header, then now, timeout_at, stale_after; a
+ * Mutex for a retry. KEYS: the message id. ARGV: the reply key and TTL, then now, timeout_at, stale_after; a
  * timeout_at `+<seconds>` means: decide with Redis' clock (now = Redis' now, timeout_at = now + seconds). A
  * held mutex younger than stale_after is refused (and, unlike Ruby, left in place: reference §10 weak spot
  * 6); a free or stale one is taken (`mutex=now`), then `timeout=timeout_at` and `INCR attempts`. Returns the
@@ -158,8 +158,8 @@ return reply(redis.call('incr', p .. ':attempts'))
 };
 
 /**
- * Ruby's `handler_failed!`, decided like core's `decideFailure`. KEYS: the message id. ARGV: the reply header,
- * then attempts_limit, exceptions_limit, accepted (1/0), now ('' = Redis' now), delay, max_delay
+ * Ruby's `handler_failed!`, decided like core's `decideFailure`. KEYS: the message id. ARGV: the reply key and
+ * TTL, then attempts_limit, exceptions_limit, accepted (1/0), now ('' = Redis' now), delay, max_delay
  * ('' = linear), expires_at ('' = not written; else written with a final outcome's completion). Returns
  * `{outcome, attempts, exceptions, delay_until}` (delay_until '' unless HandlerCrash).
  */
@@ -199,7 +199,7 @@ return reply({outcome, attempts_count, exceptions_count, delay_until})
 };
 
 /**
- * Ruby's store part of `ack!`. KEYS: the message id. ARGV: the reply header, then redundant (1/0),
+ * Ruby's store part of `ack!`. KEYS: the message id. ARGV: the reply key and TTL, then redundant (1/0),
  * status_key_expiry_interval, acks (how many acks to count: 1, Ruby's `INCR`, or 2 with `INCRBY` when one
  * subscriber acked both copies). Redundant messages count the acks and stop below 2 (">= 2 because increments
  * are retried and the counter could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or
@@ -238,9 +238,9 @@ return 1
 
 /**
  * Ruby's `setnx_completed!` (the simple path with a status-key expiry): `SET status completed EX interval NX`.
- * KEYS: the message id. ARGV: the reply header, then the interval. Returns 1 when set (the handler may run),
- * 0 when the status existed. A script only for its stored reply: a resent plain SET would find its own key
- * and answer nil, and the message, already acked, would never be handled.
+ * KEYS: the message id. ARGV: the reply key and TTL, then the interval. Returns 1 when set (the handler may
+ * run), 0 when the status existed. A script only for its stored reply: a resent plain SET would find its own
+ * key and answer nil, and the message, already acked, would never be handled.
  */
 export const MARK_COMPLETED: ScriptDefinition = {
   numberOfKeys: 1,
@@ -254,8 +254,9 @@ return reply(0)
 
 /**
  * Gives back a run abandoned without a result (see `DedupStore.release`). KEYS: the message id. ARGV: the
- * reply header, then the run's attempt number. Only while the message is incomplete and `attempts` is still
- * the run's (nobody took over): `DECR attempts`, `timeout=0`, `DEL mutex`. Returns 1 when released, else 0.
+ * reply key and TTL, then the run's attempt number. Only while the message is incomplete and `attempts` is
+ * still the run's (nobody took over): `DECR attempts`, `timeout=0`, `DEL mutex`. Returns 1 when released,
+ * else 0.
  */
 export const RELEASE: ScriptDefinition = {
   numberOfKeys: 1,
@@ -284,7 +285,10 @@ export const SCRIPTS = {
 
 export type ScriptName = keyof typeof SCRIPTS;
 
-/** The commands `defineCommand` adds to a client: the message id (KEYS[1]) first, then arguments (the claim: the number of message ids first). */
+/**
+ * The commands `defineCommand` adds to a client: the message id (KEYS[1]) first, then arguments (the claim
+ * script: the number of message ids first, then the ids).
+ */
 export type ScriptCommands = {
   [name in ScriptName]: (...keysAndArgs: (string | number)[]) => Promise<unknown>;
 };

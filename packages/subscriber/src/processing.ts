@@ -425,7 +425,7 @@ class Processing {
     return {
       outcome,
       abandoned: outcome === undefined,
-      ...(this.abandonedRun === undefined ? {} : { abandonedRun: this.abandonedRun }),
+      abandonedRun: this.abandonedRun,
       message: this.message,
       settled: this.settle.state,
       error,

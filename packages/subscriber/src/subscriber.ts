@@ -565,7 +565,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       if (this.releases.size > 0) {
         this.logger.warn(
           { timeoutSeconds, abandoned: this.releases.size },
-          'stop timeout: abandoned runs not released yet; their messages run again only after their handler timeout',
+          'stop timeout: abandoned runs not released yet; ' +
+            'their messages run again only after their handler timeout',
         );
       }
     }
