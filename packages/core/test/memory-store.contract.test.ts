@@ -13,6 +13,7 @@ describeDedupStoreContract('MemoryDedupStore', ({ statusKeyExpiryInterval }) => 
   return {
     store,
     ttl: (ref: MessageRef, suffix: KeySuffix) => store.ttl(ref, suffix),
+    storeClock: () => Math.floor(Date.now() / 1000),
     seed: (ref: MessageRef, values: Partial<Record<KeySuffix, string>>) => {
       for (const [suffix, value] of Object.entries(values)) {
         internals.entries.set(keyOf(ref, suffix as KeySuffix), { value, expiresAtMs: undefined });

@@ -160,14 +160,18 @@ function plainMessageId(): Variant {
     name: 'ioredis/id',
     async happyPath(ref, expiresAt, timeoutAt) {
       const id = `msgid:${ref.queue}:${ref.uuid}`;
-      // The claim script takes several messages: one here (the number of keys first), one entry per message.
-      const [first] = (await client.beetleClaim(1, id, String(expiresAt), String(timeoutAt))) as unknown[][];
+      // Each script's arguments start with its reply key and TTL: '' (no stored reply: no resends here). The
+      // claim script takes several messages: one here (their number first).
+      const header = ['', '0'];
+      const claim = (): Promise<unknown> =>
+        client.beetleClaim(1, id, ...header, String(expiresAt), String(timeoutAt));
+      const [first] = (await claim()) as unknown[][];
       check(first?.[0] === 1, 'first claim');
       await client.mset(`${id}:status`, 'completed', `${id}:timeout`, '0');
-      await client.beetleAcknowledged(id, '1', '0', '1');
-      const [second] = (await client.beetleClaim(1, id, String(expiresAt), String(timeoutAt))) as unknown[][];
+      await client.beetleAcknowledged(id, ...header, '1', '0', '1');
+      const [second] = (await claim()) as unknown[][];
       check(second?.[1] === 'completed', 'second claim');
-      await client.beetleAcknowledged(id, '1', '0', '1');
+      await client.beetleAcknowledged(id, ...header, '1', '0', '1');
     },
     close: async () => {
       await client.quit();

@@ -167,11 +167,11 @@ export class RedisConnection {
    * `call` gets the client and `a`, `b`.
    *
    * A command is resent only when its connection dropped, the connection was found dead, or the master
-   * changed; the server may have executed it all the same (only the reply was lost), so a non-idempotent
-   * script can run twice: an `INCR` may count twice, and a resent claim finds its own first sighting (the
-   * message then looks in progress until its handler timeout has passed, when a retry takes it over). Ruby
-   * retries the same way and accepts this (hence `ack_count >= 2`); we narrow the window by never resending
-   * to a server that is merely slow (see `awaitStalled`).
+   * changed; the server may have executed it all the same (only the reply was lost). `call` is invoked again
+   * with the same `a` and `b`: a non-idempotent script call must therefore carry everything it needs to
+   * recognise its own resend in them (the store's reply keys, see `ReplyKeys`), or it would act twice (an
+   * `INCR` counted twice, a claim finding its own first sighting). Ruby resends blindly and accepts this
+   * (hence `ack_count >= 2`). We also never resend to a server that is merely slow (see `awaitStalled`).
    */
   run<T>(operation: string, call: Call<T, undefined, undefined>): Promise<T>;
   run<T, A, B = undefined>(operation: string, call: Call<T, A, B>, a: A, b?: B): Promise<T>;

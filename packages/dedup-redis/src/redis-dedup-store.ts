@@ -4,7 +4,6 @@ import {
   silentLogger,
   KEY_SUFFIXES,
   allKeysOf,
-  keyOf,
   msgId,
   parseKey,
   rubyToI,
@@ -14,6 +13,7 @@ import {
   type AcquireResult,
   type ClaimParams,
   type ClaimResult,
+  type CompleteParams,
   type DedupStore,
   type FailOutcome,
   type FailParams,
@@ -22,9 +22,12 @@ import {
   type KeySuffix,
   type Logger,
   type MessageRef,
+  type ReleaseParams,
 } from '@beetle/core';
 import { Batcher, type Schedule } from './batch.js';
 import { RedisConnection, type ScriptedRedis } from './connection.js';
+import { ReplyKeys, type OnceCall } from './replies.js';
+import type { ScriptName } from './scripts.js';
 
 /** Options of {@link RedisDedupStore}. Durations are in seconds, like Ruby Beetle's configuration. */
 export interface RedisDedupStoreOptions {
@@ -141,23 +144,54 @@ const afterAcks: Schedule = (flush) => process.nextTick(() => setImmediate(flush
 /** Most messages per batched command: bounds a script's run time on the server and the size of a command. */
 const MAX_BATCH = 100;
 
+/** The replies a script does not store (see the scripts): their reply keys need no deletion. */
+const NO_STORED_REPLY: Partial<Record<ScriptName, unknown>> = { beetleAcknowledged: 1 };
+
+/** Seconds a stored reply outlives the failover timeout (after which its call is no longer resent). */
+const REPLY_TTL_MARGIN = 60;
+
 interface ClaimItem {
   readonly ref: MessageRef;
   readonly params: ClaimParams;
 }
 
-const claimBatch = (redis: ScriptedRedis, items: readonly ClaimItem[]): Promise<unknown> => {
-  const args: string[] = [String(items.length)];
-  for (const { ref } of items) args.push(msgId(ref));
-  for (const { params } of items) args.push(String(params.expiresAt), String(params.timeoutAt));
-  return redis.beetleClaim(...args);
+/**
+ * The timeout argument of a claim or acquire: absolute unix seconds, or `+<seconds>` for Redis' now + seconds
+ * when the caller asks for the store's clock.
+ */
+const timeoutArg = (timeoutAt: number, timeout: number | undefined): string =>
+  timeout === undefined ? String(timeoutAt) : `+${Math.ceil(timeout)}`;
+
+/** The claim script call of a batch (built once: a resend sends the same, marked as a resend). */
+const claimCall = (replies: ReplyKeys, key: string, items: readonly ClaimItem[]): OnceCall => {
+  const before: string[] = [String(items.length)];
+  for (const { ref } of items) before.push(msgId(ref));
+  const own: string[] = [];
+  for (const { params } of items) {
+    own.push(String(params.expiresAt), timeoutArg(params.timeoutAt, params.timeout));
+  }
+  return replies.call(before, key, own);
 };
 
-const completeBatch = (redis: ScriptedRedis, refs: readonly MessageRef[]): Promise<'OK'> => {
+const sendClaim = (redis: ScriptedRedis, call: OnceCall): Promise<unknown> =>
+  redis.beetleClaim(...call.next());
+
+/** A script call with its message id first, then its reply header and arguments. */
+const sendScript = (redis: ScriptedRedis, script: ScriptName, call: OnceCall): Promise<unknown> =>
+  redis[script](...call.next());
+
+interface CompleteItem {
+  readonly ref: MessageRef;
+  readonly expiresAt: number | undefined;
+}
+
+/** Ruby's `completed!` (MSET status timeout) of each message, with its `expires` when known (CompleteParams). */
+const completeBatch = (redis: ScriptedRedis, items: readonly CompleteItem[]): Promise<'OK'> => {
   const args: string[] = [];
-  for (const ref of refs) {
+  for (const { ref, expiresAt } of items) {
     const id = msgId(ref);
     args.push(`${id}:status`, 'completed', `${id}:timeout`, '0');
+    if (expiresAt !== undefined) args.push(`${id}:expires`, String(expiresAt));
   }
   return redis.mset(args);
 };
@@ -169,23 +203,17 @@ const deleteAllBatch = (redis: ScriptedRedis, refs: readonly MessageRef[]): Prom
   return redis.del(keys);
 };
 
-const acknowledgedCall = (
-  redis: ScriptedRedis,
-  ref: MessageRef,
-  args: readonly [string, string, string],
-): Promise<unknown> => redis.beetleAcknowledged(msgId(ref), args[0], args[1], args[2]);
-
 /** Batches of a plain command whose reply answers every message in it. */
-const commandBatcher = (
+const commandBatcher = <I>(
   connection: RedisConnection,
   operation: string,
-  call: (redis: ScriptedRedis, refs: readonly MessageRef[]) => Promise<unknown>,
+  call: (redis: ScriptedRedis, items: readonly I[]) => Promise<unknown>,
   schedule: Schedule,
-): Batcher<MessageRef, undefined> =>
+): Batcher<I, undefined> =>
   new Batcher(
-    async (refs) => {
-      await connection.run(operation, call, refs);
-      return new Array<undefined>(refs.length).fill(undefined);
+    async (items) => {
+      await connection.run(operation, call, items);
+      return new Array<undefined>(items.length).fill(undefined);
     },
     MAX_BATCH,
     schedule,
@@ -196,18 +224,18 @@ const claimResult = (entry: unknown): ClaimResult | Error => {
   if (!Array.isArray(entry)) return unexpected('claim', entry);
   if (entry[0] === 1 && typeof entry[1] === 'number') return { first: true, attempts: entry[1] };
   if (entry[0] === -1) return new Error(`claim failed: ${String(entry[1])}`);
-  if (entry[0] !== 0 || entry.length !== 6) return unexpected('claim', entry);
-  const [, status, delay, timeout, attempts, exceptions] = entry as unknown[];
-  return {
-    first: false,
-    state: {
-      status: typeof status === 'string' ? status : undefined,
-      delay: optionalInt(delay),
-      timeout: optionalInt(timeout),
-      attempts: optionalInt(attempts) ?? 0,
-      exceptions: optionalInt(exceptions) ?? 0,
-    },
+  if (entry[0] !== 0 || (entry.length !== 6 && entry.length !== 7)) return unexpected('claim', entry);
+  const [, status, delay, timeout, attempts, exceptions, now] = entry as unknown[];
+  const state = {
+    status: typeof status === 'string' ? status : undefined,
+    delay: optionalInt(delay),
+    timeout: optionalInt(timeout),
+    attempts: optionalInt(attempts) ?? 0,
+    exceptions: optionalInt(exceptions) ?? 0,
   };
+  if (entry.length === 6) return { first: false, state };
+  if (typeof now !== 'number') return unexpected('claim', entry);
+  return { first: false, state, now };
 };
 
 /**
@@ -223,14 +251,12 @@ const claimResult = (entry: unknown): ClaimResult | Error => {
  */
 export class RedisDedupStore implements DedupStore {
   readonly statusKeyExpiryInterval: number;
+  /** `statusKeyExpiryInterval` as the acknowledged script takes it. */
+  private readonly intervalArg: string;
   private readonly connection: RedisConnection;
-  /** The arguments of the acknowledged script for its hot cases: one ack of a redundant message, or non-redundant. */
-  private readonly acknowledgedArgs: {
-    readonly redundant: readonly [string, string, string];
-    readonly single: readonly [string, string, string];
-  };
+  private readonly replies: ReplyKeys;
   private readonly claims: Batcher<ClaimItem, ClaimResult>;
-  private readonly completions: Batcher<MessageRef, undefined>;
+  private readonly completions: Batcher<CompleteItem, undefined>;
   private readonly deletions: Batcher<MessageRef, undefined>;
 
   constructor(options: RedisDedupStoreOptions = {}) {
@@ -241,10 +267,7 @@ export class RedisDedupStore implements DedupStore {
       });
     }
     this.statusKeyExpiryInterval = interval;
-    this.acknowledgedArgs = {
-      redundant: ['1', String(interval), '1'],
-      single: ['0', String(interval), '1'],
-    };
+    this.intervalArg = String(interval);
     const db = options.db ?? 4;
     if (!Number.isInteger(db) || db < 0) {
       throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
@@ -266,10 +289,21 @@ export class RedisDedupStore implements DedupStore {
         seconds('masterFileCheckInterval', options.masterFileCheckInterval, 1) * 1000,
       logger: options.logger ?? silentLogger,
     });
+    // A stored reply must outlive every resend of its call: resends stop at the failover timeout.
+    const failoverTimeout = seconds('failoverTimeout', options.failoverTimeout, 180);
+    const replies = new ReplyKeys(failoverTimeout + REPLY_TTL_MARGIN);
+    this.replies = replies;
     const connection = this.connection;
     this.claims = new Batcher(
       async (items) => {
-        const reply = await connection.run('claim', claimBatch, items);
+        // One reply key for the batch: a resend of the whole batch is answered from it.
+        const key = replies.next();
+        let reply: unknown;
+        try {
+          reply = await connection.run('claim', sendClaim, claimCall(replies, key, items));
+        } finally {
+          replies.done(key);
+        }
         if (!Array.isArray(reply) || reply.length !== items.length) throw unexpected('claim', reply);
         return reply.map(claimResult);
       },
@@ -307,10 +341,9 @@ export class RedisDedupStore implements DedupStore {
   async markCompletedIfNew(ref: MessageRef): Promise<boolean> {
     const interval = this.statusKeyExpiryInterval;
     if (interval <= 0) return true;
-    const reply = await this.run('markCompletedIfNew', (redis) =>
-      redis.set(keyOf(ref, 'status'), 'completed', 'EX', interval, 'NX'),
-    );
-    return reply === 'OK';
+    const reply = await this.runOnce('markCompletedIfNew', 'beetleMarkCompleted', ref, [String(interval)]);
+    if (reply !== 0 && reply !== 1) throw unexpected('markCompletedIfNew', reply);
+    return reply === 1;
   }
 
   claim(ref: MessageRef, params: ClaimParams): Promise<ClaimResult> {
@@ -318,35 +351,31 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
-    const reply = await this.run('acquire', (redis) =>
-      redis.beetleAcquire(
-        msgId(ref),
-        String(params.now),
-        String(params.timeoutAt),
-        String(params.staleAfter),
-      ),
-    );
+    const reply = await this.runOnce('acquire', 'beetleAcquire', ref, [
+      String(params.now),
+      timeoutArg(params.timeoutAt, params.timeout),
+      String(params.staleAfter),
+    ]);
     if (typeof reply !== 'number') throw unexpected('acquire', reply);
     return reply > 0 ? { acquired: true, attempts: reply } : { acquired: false };
   }
 
-  complete(ref: MessageRef): Promise<void> {
-    // Ruby's `completed!`, a single command (shared with the other completions of the tick).
-    return this.completions.add(ref);
+  complete(ref: MessageRef, params: CompleteParams = {}): Promise<void> {
+    // Ruby's `completed!`, a single command (shared with the other completions of the tick). Harmless to
+    // resend: it writes the same values again.
+    return this.completions.add({ ref, expiresAt: params.expiresAt });
   }
 
   async fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
-    const reply = await this.run('fail', (redis) =>
-      redis.beetleFail(
-        msgId(ref),
-        String(params.attemptsLimit),
-        String(params.exceptionsLimit),
-        params.accepted ? '1' : '0',
-        String(params.now),
-        String(params.delay),
-        params.maxDelay === undefined ? '' : String(params.maxDelay),
-      ),
-    );
+    const reply = await this.runOnce('fail', 'beetleFail', ref, [
+      String(params.attemptsLimit),
+      String(params.exceptionsLimit),
+      params.accepted ? '1' : '0',
+      params.storeClock === true ? '' : String(params.now),
+      String(params.delay),
+      params.maxDelay === undefined ? '' : String(params.maxDelay),
+      params.expiresAt === undefined ? '' : String(params.expiresAt),
+    ]);
     if (!Array.isArray(reply) || reply.length !== 4) throw unexpected('fail', reply);
     const [outcome, attempts, exceptions, delayUntil] = reply as unknown[];
     if (
@@ -374,11 +403,26 @@ export class RedisDedupStore implements DedupStore {
       await this.deletions.add(ref);
       return;
     }
-    const { redundant, single } = this.acknowledgedArgs;
-    let args = params.redundant ? redundant : single;
-    if (params.redundant && acks > 1) args = ['1', redundant[1], String(acks)];
+    const interval = this.intervalArg;
     await new Promise<void>((resolve) => afterAcks(resolve));
-    await this.connection.run('acknowledged', acknowledgedCall, ref, args);
+    if (params.redundant) {
+      // A count: a resend is answered from the stored reply (counted twice, one ack would delete the keys).
+      await this.runOnce('acknowledged', 'beetleAcknowledged', ref, ['1', interval, String(acks)]);
+    } else {
+      // DEL + EXPIRE: harmless to repeat, so no reply key (it still deletes those of earlier calls).
+      const call = this.replies.call([msgId(ref)], '', ['0', interval, '1']);
+      await this.connection.run('acknowledged', sendScript, 'beetleAcknowledged', call);
+    }
+  }
+
+  /**
+   * Gives back a run abandoned without a result: the attempt uncounted, `timeout` 0 and the mutex deleted,
+   * if the message is still incomplete with the run's `attempts` (see `DedupStore.release`).
+   */
+  async release(ref: MessageRef, params: ReleaseParams): Promise<boolean> {
+    const reply = await this.runOnce('release', 'beetleRelease', ref, [String(params.attempts)]);
+    if (reply !== 0 && reply !== 1) throw unexpected('release', reply);
+    return reply === 1;
   }
 
   async inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>> {
@@ -457,5 +501,28 @@ export class RedisDedupStore implements DedupStore {
 
   private run<T>(operation: string, call: (redis: ScriptedRedis) => Promise<T>): Promise<T> {
     return this.connection.run(operation, call);
+  }
+
+  /**
+   * A script call that must not act twice: it gets a reply key of its own, and every resend of it the same
+   * arguments, so that a resend after a lost reply gets the stored reply of the run that happened.
+   */
+  private async runOnce(
+    operation: string,
+    script: ScriptName,
+    ref: MessageRef,
+    args: readonly string[],
+  ): Promise<unknown> {
+    const key = this.replies.next();
+    const call = this.replies.call([msgId(ref)], key, args);
+    let reply: unknown;
+    try {
+      reply = await this.connection.run(operation, sendScript, script, call);
+    } catch (error) {
+      this.replies.done(key);
+      throw error;
+    }
+    if (reply !== NO_STORED_REPLY[script]) this.replies.done(key);
+    return reply;
   }
 }

@@ -44,21 +44,77 @@ local p = KEYS[1]
 `;
 
 /**
+ * The first lines of the scripts whose effect must not repeat when the call is resent (see
+ * `RedisConnection.run`: a call whose reply was lost, to a connection reset or a master switch, is sent
+ * again, though Redis may have run it). ARGV is:
+ *
+ * 1. the reply key of the call (`beetle:reply:<store>:<n>`, generated once per call, the same for each
+ *    resend), or '' for a call that is harmless to repeat;
+ * 2. how many seconds the reply is kept (a bit more than the caller keeps resending: its failover timeout),
+ *    negative for a resend (a first send cannot find a stored reply: no lookup);
+ * 3. the script's own arguments (`own` of them; `arg(i)` is the i-th);
+ * 4. last, reply keys of earlier calls of the same client whose replies have arrived: deleted now rather
+ *    than expiring, without a round trip of their own.
+ *
+ * When a resend finds its reply key, the call ran already: its stored reply is returned and nothing is done
+ * again. Otherwise the script acts and `reply(value)` stores its reply under the key. A script's effects are
+ * replicated as one unit, so after a master switch the new master has both the effects and the stored
+ * reply, or neither (and then the resend acts anew). The reply keys are outside the `msgid:` namespace:
+ * neither Ruby nor Beetle's garbage collectors look at them. Few arguments on purpose: each costs the client
+ * about a microsecond.
+ */
+const luaReply = (own: string): string => `
+local reply_key, reply_ttl = ARGV[1], ARGV[2]
+local resend = string.sub(reply_ttl, 1, 1) == '-'
+if resend then
+  reply_ttl = string.sub(reply_ttl, 2)
+  if reply_key ~= '' then
+    local stored = redis.call('get', reply_key)
+    if stored then return cjson.decode(stored) end
+  end
+end
+local function arg(i) return ARGV[2 + i] end
+local forgotten = 3 + (${own})
+if #ARGV >= forgotten then redis.call('del', unpack(ARGV, forgotten)) end
+local function reply(value)
+  if reply_key ~= '' then redis.call('set', reply_key, cjson.encode(value), 'EX', reply_ttl) end
+  return value
+end
+`;
+
+/**
+ * Redis' clock, for decisions that consumers with different clocks must agree on (handler timeout, retry
+ * delay, mutex age): `TIME` is read at most once per call. Allowed before writes: since Redis 5 scripts
+ * replicate their effects, not the script (the only mode in Redis 7).
+ */
+const LUA_CLOCK = `
+local now_cache
+local function redis_now()
+  if not now_cache then now_cache = tonumber(redis.call('time')[1]) end
+  return now_cache
+end
+`;
+
+/**
  * First sighting or state, for one or more messages at once (claims made in the same tick share a call).
- * KEYS: the message ids. ARGV: expires_at and timeout_at of each message, in KEYS order. Returns one entry per
+ * KEYS: the message ids. ARGV: the reply key and TTL (see luaReply), then expires_at and timeout_at of each
+ * message, in KEYS order; a timeout_at `+<seconds>` means Redis' now + seconds. Returns one entry per
  * message: `{1, attempts}` when MSETNX succeeded (and attempts was incremented), else
- * `{0, status, delay, timeout, attempts, exceptions}` (Ruby's MGET, nil for missing keys), or `{-1, error}`
- * when that message's INCR failed (a non-integer `attempts` left by someone else): the other messages of the
- * call are not affected.
+ * `{0, status, delay, timeout, attempts, exceptions}` (Ruby's MGET, nil for missing keys) with Redis' now
+ * appended when the timeout was given relative, or `{-1, error}` when that message's INCR failed (a
+ * non-integer `attempts` left by someone else): the other messages of the call are not affected.
  */
 export const CLAIM: ScriptDefinition = {
   numberOfKeys: -1,
-  lua: `
+  lua: `${LUA_HELPERS}${luaReply('2 * #KEYS')}${LUA_CLOCK}
 local out = {}
 for i = 1, #KEYS do
   local p = KEYS[i]
   local status, expires, timeout, attempts = p .. ':status', p .. ':expires', p .. ':timeout', p .. ':attempts'
-  if redis.call('msetnx', status, 'incomplete', expires, ARGV[2 * i - 1], timeout, ARGV[2 * i]) == 1 then
+  local timeout_at = arg(2 * i)
+  local relative = string.sub(timeout_at, 1, 1) == '+'
+  if relative then timeout_at = num(redis_now() + tonumber(string.sub(timeout_at, 2))) end
+  if redis.call('msetnx', status, 'incomplete', expires, arg(2 * i - 1), timeout, timeout_at) == 1 then
     local count = redis.pcall('incr', attempts)
     if type(count) == 'table' then
       out[i] = {-1, count.err}
@@ -68,92 +124,152 @@ for i = 1, #KEYS do
   else
     local state = redis.call('mget', status, p .. ':delay', timeout, attempts, p .. ':exceptions')
     out[i] = {0, state[1], state[2], state[3], state[4], state[5]}
+    if relative then out[i][7] = redis_now() end
   end
 end
-return out
+return reply(out)
 `,
 };
 
 /**
- * Mutex for a retry. KEYS: the message id. ARGV: now, timeout_at, stale_after. A held mutex younger than
- * stale_after is refused (and, unlike Ruby, left in place: reference §10 weak spot 6); a free or stale one is
- * taken (`mutex=now`), then `timeout=timeout_at` and `INCR attempts`. Returns the attempts, or 0 when refused.
+ * Mutex for a retry. KEYS: the message id. ARGV: the reply key and TTL, then now, timeout_at, stale_after; a
+ * timeout_at `+<seconds>` means: decide with Redis' clock (now = Redis' now, timeout_at = now + seconds). A
+ * held mutex younger than stale_after is refused (and, unlike Ruby, left in place: reference §10 weak spot
+ * 6); a free or stale one is taken (`mutex=now`), then `timeout=timeout_at` and `INCR attempts`. Returns the
+ * attempts, or 0 when refused.
  */
 export const ACQUIRE: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_HELPERS}${LUA_KEYS}
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('3')}${LUA_CLOCK}
+local now, timeout_at = tonumber(arg(1)), arg(2)
+if string.sub(timeout_at, 1, 1) == '+' then
+  now = redis_now()
+  timeout_at = num(now + tonumber(string.sub(timeout_at, 2)))
+end
 local mutex = p .. ':mutex'
 local held = redis.call('get', mutex)
-if held and to_i(held) + tonumber(ARGV[3]) >= tonumber(ARGV[1]) then
-  return 0
+if held and to_i(held) + tonumber(arg(3)) >= now then
+  return reply(0)
 end
-redis.call('set', mutex, ARGV[1])
-redis.call('set', p .. ':timeout', ARGV[2])
-return redis.call('incr', p .. ':attempts')
+redis.call('set', mutex, num(now))
+redis.call('set', p .. ':timeout', timeout_at)
+return reply(redis.call('incr', p .. ':attempts'))
 `,
 };
 
 /**
- * Ruby's `handler_failed!`, decided like core's `decideFailure`. KEYS: the message id. ARGV: attempts_limit,
- * exceptions_limit, accepted (1/0), now, delay, max_delay ('' = linear). Returns
+ * Ruby's `handler_failed!`, decided like core's `decideFailure`. KEYS: the message id. ARGV: the reply key and
+ * TTL, then attempts_limit, exceptions_limit, accepted (1/0), now ('' = Redis' now), delay, max_delay
+ * ('' = linear), expires_at ('' = not written; else written with a final outcome's completion). Returns
  * `{outcome, attempts, exceptions, delay_until}` (delay_until '' unless HandlerCrash).
  */
 export const FAIL: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_HELPERS}${LUA_KEYS}
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('7')}${LUA_CLOCK}
 local timeout = p .. ':timeout'
 local exceptions_count = redis.call('incr', p .. ':exceptions')
 local attempts_count = to_i(redis.call('get', p .. ':attempts'))
 local outcome = 'HandlerCrash'
-if attempts_count >= tonumber(ARGV[1]) then
+if attempts_count >= tonumber(arg(1)) then
   outcome = 'AttemptsLimitReached'
-elseif exceptions_count > tonumber(ARGV[2]) then
+elseif exceptions_count > tonumber(arg(2)) then
   outcome = 'ExceptionsLimitReached'
-elseif ARGV[3] ~= '1' then
+elseif arg(3) ~= '1' then
   outcome = 'ExceptionNotAccepted'
 end
 if outcome ~= 'HandlerCrash' then
-  redis.call('mset', p .. ':status', 'completed', timeout, '0')
-  return {outcome, attempts_count, exceptions_count, ''}
+  if arg(7) ~= '' then
+    redis.call('mset', p .. ':status', 'completed', timeout, '0', p .. ':expires', arg(7))
+  else
+    redis.call('mset', p .. ':status', 'completed', timeout, '0')
+  end
+  return reply({outcome, attempts_count, exceptions_count, ''})
 end
-local wait = tonumber(ARGV[5])
-if ARGV[6] ~= '' then
-  wait = math.min(wait * 2 ^ attempts_count, tonumber(ARGV[6]))
+local wait = tonumber(arg(5))
+if arg(6) ~= '' then
+  wait = math.min(wait * 2 ^ attempts_count, tonumber(arg(6)))
 end
-local delay_until = num(tonumber(ARGV[4]) + wait)
+local now = arg(4) == '' and redis_now() or tonumber(arg(4))
+local delay_until = num(now + wait)
 redis.call('del', p .. ':mutex')
 redis.call('set', timeout, '0')
 redis.call('set', p .. ':delay', delay_until)
-return {outcome, attempts_count, exceptions_count, delay_until}
+return reply({outcome, attempts_count, exceptions_count, delay_until})
 `,
 };
 
 /**
- * Ruby's store part of `ack!`. KEYS: the message id. ARGV: redundant (1/0), status_key_expiry_interval, acks
- * (how many acks to count: 1, Ruby's `INCR`, or 2 with `INCRBY` when one subscriber acked both copies). Redundant messages count the
- * acks and stop below 2 (">= 2 because increments are retried and the counter could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or with an interval all but
- * status, which gets that TTL. Returns 1 when the keys were deleted, else 0.
+ * Ruby's store part of `ack!`. KEYS: the message id. ARGV: the reply key and TTL, then redundant (1/0),
+ * status_key_expiry_interval, acks (how many acks to count: 1, Ruby's `INCR`, or 2 with `INCRBY` when one
+ * subscriber acked both copies). Redundant messages count the acks and stop below 2 (">= 2 because increments
+ * are retried and the counter could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or
+ * with an interval all but status, which gets that TTL. Returns 1 when the keys were deleted, else 0.
+ *
+ * Resends: a count that stopped below 2 stores its reply (resent, it would count again: one ack of a
+ * redundant message would delete the keys, and the other copy would run again). A count that deleted the
+ * keys stores none, on the hot path of every redundant message: its resend finds the keys deleted (no
+ * `timeout` key, which every claimed message has) and answers 1 without counting.
  */
 export const ACKNOWLEDGED: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_KEYS}
+  lua: `${LUA_KEYS}${luaReply('3')}
 local status, ack_count = p .. ':status', p .. ':ack_count'
-if ARGV[1] == '1' then
-  local acks = tonumber(ARGV[3])
+if arg(1) == '1' then
+  if resend and redis.call('exists', p .. ':timeout') == 0 then
+    return 1
+  end
+  local acks = tonumber(arg(3))
   local count = acks == 1 and redis.call('incr', ack_count) or redis.call('incrby', ack_count, acks)
   if count < 2 then
-    return 0
+    return reply(0)
   end
 end
-if tonumber(ARGV[2]) > 0 then
+if tonumber(arg(2)) > 0 then
   redis.call('del', ack_count, p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
     p .. ':mutex', p .. ':expires')
-  redis.call('expire', status, ARGV[2])
+  redis.call('expire', status, arg(2))
 else
   redis.call('del', status, ack_count, p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
     p .. ':mutex', p .. ':expires')
 end
 return 1
+`,
+};
+
+/**
+ * Ruby's `setnx_completed!` (the simple path with a status-key expiry): `SET status completed EX interval NX`.
+ * KEYS: the message id. ARGV: the reply key and TTL, then the interval. Returns 1 when set (the handler may
+ * run), 0 when the status existed. A script only for its stored reply: a resent plain SET would find its own
+ * key and answer nil, and the message, already acked, would never be handled.
+ */
+export const MARK_COMPLETED: ScriptDefinition = {
+  numberOfKeys: 1,
+  lua: `${LUA_KEYS}${luaReply('1')}
+if redis.call('set', p .. ':status', 'completed', 'EX', arg(1), 'NX') then
+  return reply(1)
+end
+return reply(0)
+`,
+};
+
+/**
+ * Gives back a run abandoned without a result (see `DedupStore.release`). KEYS: the message id. ARGV: the
+ * reply key and TTL, then the run's attempt number. Only while the message is incomplete and `attempts` is
+ * still the run's (nobody took over): `DECR attempts`, `timeout=0`, `DEL mutex`. Returns 1 when released,
+ * else 0.
+ */
+export const RELEASE: ScriptDefinition = {
+  numberOfKeys: 1,
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('1')}
+local attempts = p .. ':attempts'
+local state = redis.call('mget', p .. ':status', attempts)
+if state[1] ~= 'incomplete' or to_i(state[2]) ~= tonumber(arg(1)) then
+  return reply(0)
+end
+redis.call('decr', attempts)
+redis.call('set', p .. ':timeout', '0')
+redis.call('del', p .. ':mutex')
+return reply(1)
 `,
 };
 
@@ -163,11 +279,16 @@ export const SCRIPTS = {
   beetleAcquire: ACQUIRE,
   beetleFail: FAIL,
   beetleAcknowledged: ACKNOWLEDGED,
+  beetleMarkCompleted: MARK_COMPLETED,
+  beetleRelease: RELEASE,
 } as const;
 
 export type ScriptName = keyof typeof SCRIPTS;
 
-/** The commands `defineCommand` adds to a client: the message id (KEYS[1]) first, then arguments. */
+/**
+ * The commands `defineCommand` adds to a client: the message id (KEYS[1]) first, then arguments (the claim
+ * script: the number of message ids first, then the ids).
+ */
 export type ScriptCommands = {
   [name in ScriptName]: (...keysAndArgs: (string | number)[]) => Promise<unknown>;
 };

@@ -45,6 +45,7 @@ describe('RedisDedupStore on a real Redis', () => {
       store,
       rawKeys,
       ttl: (ref: MessageRef, suffix: KeySuffix) => raw.ttl(keyOf(ref, suffix)),
+      storeClock: async () => Number((await raw.time())[0]),
       seed: async (ref: MessageRef, values: Partial<Record<KeySuffix, string>>) => {
         for (const [suffix, value] of Object.entries(values))
           await raw.set(keyOf(ref, suffix as KeySuffix), value);

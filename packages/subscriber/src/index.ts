@@ -16,6 +16,7 @@ export type {
 export { isRetriable, resolveHandler } from './handler.js';
 export { OnceSettler, processDelivery, replyBody } from './processing.js';
 export type {
+  AbandonedRun,
   CopyKnowledge,
   DeliverySettler,
   ProcessParams,

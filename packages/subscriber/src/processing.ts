@@ -145,10 +145,23 @@ export interface CopyKnowledge {
   completed(acks: number, handlerRan: boolean): boolean;
 }
 
+/** A run the store counted whose handler was abandoned by a forced stop (see `DedupStore.release`). */
+export interface AbandonedRun {
+  readonly ref: MessageRef;
+  /** The attempt number the store gave the run. */
+  readonly attempts: number;
+}
+
 export interface ProcessResult {
   /** `undefined` when the delivery was abandoned by a forced stop. */
   readonly outcome: Outcome | undefined;
   readonly abandoned: boolean;
+  /**
+   * When a running handler was abandoned: its run as the store counted it, for the caller to give back with
+   * `store.release` (the subscriber does, before it closes its channels), so that the redelivery runs at
+   * once instead of after the handler timeout.
+   */
+  readonly abandonedRun?: AbandonedRun;
   /** The decoded message (undefined when decoding failed). */
   readonly message: HandlerMessage | undefined;
   readonly settled: SettleState;
@@ -341,6 +354,7 @@ class Processing {
   private handlerResult: unknown;
   /** When the message is ready again, for a not-ready outcome whose time the store told (`RejectReason`). */
   private readyAt: number | undefined;
+  private abandonedRun: AbandonedRun | undefined;
 
   constructor(private readonly params: ProcessParams) {
     this.clock = params.clock ?? systemClock;
@@ -427,6 +441,7 @@ class Processing {
     return {
       outcome,
       abandoned: outcome === undefined,
+      abandonedRun: this.abandonedRun,
       message: this.message,
       settled: this.settle.state,
       error,
@@ -484,8 +499,13 @@ class Processing {
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
-    // 5. First sighting: the message is ours.
-    const claim = await store.claim(ref, { expiresAt: message.expiresAt, timeoutAt: timeoutAt(now, policy) });
+    // 5. First sighting: the message is ours. Timeouts, delays and the mutex's age are decided with the
+    //    store's clock where it has one (`timeout`), so that consumers with skewed clocks agree.
+    const claim = await store.claim(ref, {
+      expiresAt: message.expiresAt,
+      timeoutAt: timeoutAt(now, policy),
+      timeout: policy.timeout,
+    });
     if (claim.first) return this.runAndRecord(ref, claim.attempts);
     // 6. Seen before.
     const { state } = claim;
@@ -493,22 +513,25 @@ class Processing {
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
-    if (state.delay !== undefined && state.delay > now) {
-      this.readyAt = state.delay;
+    // Decided on the store's clock; the time until ready is carried over to this process' clock (readyAt).
+    const storeNow = claim.now ?? now;
+    if (state.delay !== undefined && state.delay > storeNow) {
+      this.readyAt = now + (state.delay - storeNow);
       return Outcome.Delayed;
     }
     // Unlike Ruby (weak spot 5), a missing timeout key counts as timed out, so the message cannot get stuck.
-    if (state.timeout !== undefined && state.timeout + TIMEOUT_GRACE_PERIOD >= now) {
-      this.readyAt = state.timeout + TIMEOUT_GRACE_PERIOD + 1;
+    if (state.timeout !== undefined && state.timeout + TIMEOUT_GRACE_PERIOD >= storeNow) {
+      this.readyAt = now + (state.timeout + TIMEOUT_GRACE_PERIOD + 1 - storeNow);
       return Outcome.HandlerNotYetTimedOut;
     }
+    const completion = { expiresAt: message.expiresAt };
     if (state.attempts >= policy.attemptsLimit) {
-      await store.complete(ref);
+      await store.complete(ref, completion);
       await this.ackAndForget(ref);
       return Outcome.AttemptsLimitReached;
     }
     if (state.exceptions > policy.exceptionsLimit) {
-      await store.complete(ref);
+      await store.complete(ref, completion);
       await this.ackAndForget(ref);
       return Outcome.ExceptionsLimitReached;
     }
@@ -516,6 +539,7 @@ class Processing {
       now,
       timeoutAt: timeoutAt(now, policy),
       staleAfter: policy.timeout + TIMEOUT_GRACE_PERIOD,
+      timeout: policy.timeout,
     });
     if (!acquired.acquired) return Outcome.MutexLocked;
     return this.runAndRecord(ref, acquired.attempts);
@@ -525,9 +549,15 @@ class Processing {
   private async runAndRecord(ref: MessageRef, attempts: number): Promise<Outcome | undefined> {
     const { store, handler } = this.params;
     const run = await this.runHandler(attempts);
-    if (run.kind === 'abandoned') return undefined;
+    if (run.kind === 'abandoned') {
+      // Counted by the store but never finished: the caller gives it back (see ProcessResult.abandonedRun).
+      this.abandonedRun = { ref, attempts };
+      return undefined;
+    }
+    // Written with the completion: keys recreated after a garbage collection stay collectable.
+    const expiresAt = this.message?.expiresAt;
     if (run.kind === 'ok') {
-      await store.complete(ref);
+      await store.complete(ref, { expiresAt });
       await this.ackAndForget(ref);
       return Outcome.OK;
     }
@@ -535,11 +565,13 @@ class Processing {
     const { policy } = handler;
     const failed = await store.fail(ref, {
       now: this.clock.now(),
+      storeClock: true,
       attemptsLimit: policy.attemptsLimit,
       exceptionsLimit: policy.exceptionsLimit,
       accepted: this.accepts(run.error),
       delay: policy.delay,
       maxDelay: policy.maxDelay,
+      expiresAt,
     });
     if (failed.outcome === Outcome.HandlerCrash) {
       this.logger.warn(

@@ -28,7 +28,7 @@ import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { LocalCopies, type CopyLine, type DueAcks } from './copies.js';
 import type { SubscriberErrorEvent, SubscriberEvents } from './events.js';
 import { resolveHandler, type Handler, type HandlerOptions, type ResolvedHandler } from './handler.js';
-import { processDelivery, type DeliverySettler, type RejectReason } from './processing.js';
+import { processDelivery, type AbandonedRun, type DeliverySettler, type RejectReason } from './processing.js';
 import { isNotReady, RequeuePacing } from './requeue.js';
 
 export interface SubscriberOptions {
@@ -125,6 +125,8 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   private heldSweep: TimerHandle = undefined;
   /** Held counts being recorded by the sweep (awaited by stop, so that the store is not closed under them). */
   private readonly heldRecordings = new Set<Promise<void>>();
+  /** Abandoned runs being given back to the store (awaited by stop, before the channels close). */
+  private readonly releases = new Set<Promise<void>>();
   /** `reject` for the settlers of the deliveries (bound once, not per delivery). */
   private readonly rejectDelivery: RejectDelivery = (channel, queue, delivery, reason) =>
     this.reject(channel, queue, delivery, reason);
@@ -335,6 +337,11 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       copy,
     });
     if (result.outcome === undefined) {
+      if (result.abandonedRun !== undefined) {
+        const release = this.releaseRun(result.abandonedRun);
+        this.releases.add(release);
+        void release.finally(() => this.releases.delete(release));
+      }
       this.emit('abandoned', { message: result.message, queue: queue.name, server });
       return;
     }
@@ -447,6 +454,32 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
   }
 
   /**
+   * Gives an abandoned run back to the store (`DedupStore.release`), so that the redelivery runs at once:
+   * left counted, its message would wait for the handler timeout, and a last attempt would end as
+   * `AttemptsLimitReached` without a run. Errors are logged: the run then times out as before.
+   */
+  private async releaseRun(run: AbandonedRun): Promise<void> {
+    const { ref, attempts } = run;
+    const context = { queue: ref.queue, uuid: ref.uuid, attempts };
+    if (this.store.release === undefined) {
+      this.logger.warn(
+        context,
+        'the dedup store cannot release an abandoned run; it runs again after its timeout',
+      );
+      return;
+    }
+    try {
+      const released = await this.store.release(ref, { attempts });
+      if (!released) this.logger.debug(context, 'abandoned run not released: the message moved on meanwhile');
+    } catch (error) {
+      this.logger.error(
+        { ...context, err: error },
+        'could not release an abandoned run; its message runs again only after its handler timeout',
+      );
+    }
+  }
+
+  /**
    * Hands a delivery back to the broker: to the dead letter queue (dead lettering) or requeued, after a hold
    * (a timer for this delivery alone). Requeues wait `rejectRequeueDelay`. Copies of a message that is not
    * ready yet are paced (`RequeuePacing`): held longer with each sighting, or until the known retry time,
@@ -554,19 +587,38 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       this.stopController.abort(new ClosedError('subscriber stopped'));
       await this.drain(ABANDON_GRACE_MS);
     }
-    // 4. Ack counts held for copies that will not come now are recorded (within the stop timeout: a store
-    //    that is down would otherwise hold stop() for its failover timeout; the keys then stay until GC).
+    // 4. Ack counts held for copies that will not come now are recorded, and abandoned runs released
+    //    (within the stop timeout: a store that is down would otherwise hold stop() for its failover
+    //    timeout; the keys then stay until GC, the abandoned runs until their handler timeout).
     if (this.heldSweep !== undefined) this.clock.clearTimeout(this.heldSweep);
     this.heldSweep = undefined;
+    let acksRecorded = false;
     const recorded = Promise.all([
       this.recordHeldAcks(this.copies.takeDueHeld(true)),
       ...this.heldRecordings,
-    ]).then(() => true);
-    if (!(await this.within(recorded, timeoutSeconds * 1000))) {
-      this.logger.warn(
-        { timeoutSeconds },
-        'stop timeout: held ack counts not recorded yet; their dedup keys stay until garbage collected',
-      );
+    ]).then(() => {
+      acksRecorded = true;
+    });
+    const released = Promise.all([...this.releases]);
+    if (
+      !(await this.within(
+        Promise.all([recorded, released]).then(() => true),
+        timeoutSeconds * 1000,
+      ))
+    ) {
+      if (!acksRecorded) {
+        this.logger.warn(
+          { timeoutSeconds },
+          'stop timeout: held ack counts not recorded yet; their dedup keys stay until garbage collected',
+        );
+      }
+      if (this.releases.size > 0) {
+        this.logger.warn(
+          { timeoutSeconds, abandoned: this.releases.size },
+          'stop timeout: abandoned runs not released yet; ' +
+            'their messages run again only after their handler timeout',
+        );
+      }
     }
     // 5. Requeue what waits for its requeue delay, then close the channels (unsettled deliveries return).
     for (const [handle, fire] of [...this.requeues]) {

@@ -784,6 +784,69 @@ describe('processing: forced stop', () => {
   });
 });
 
+describe("processing: the store's clock", () => {
+  const ref = { queue: QUEUE, uuid: 'a1b2c3d4-0000-4000-8000-000000000001' };
+
+  it("decides 'not yet timed out' with the store's now, not this consumer's clock 100 s ahead", async () => {
+    // The store's clock is 100 s behind ours; another consumer claimed the message with a 5 s timeout.
+    const behind = new MemoryDedupStore({ now: () => clock.nowMs() - 100_000 });
+    await behind.claim(ref, { expiresAt: clock.now() + 1000, timeoutAt: 0, timeout: 5 });
+    let runs = 0;
+    const { result } = await run(msg(), () => runs++, { attempts: 2, timeout: 5 }, { store: behind });
+    // By our clock its timeout (store now + 5) passed 95 s ago; by the store's it has 5 s to go.
+    expect(result.outcome).toBe(Outcome.HandlerNotYetTimedOut);
+    expect(runs).toBe(0);
+    // A retry is due by the store's clock too: our `delay` 100 s in the store's future is not.
+    await behind.fail(ref, {
+      now: 0,
+      storeClock: true,
+      attemptsLimit: 2,
+      exceptionsLimit: 1,
+      accepted: true,
+      delay: 50,
+      maxDelay: undefined,
+    });
+    expect(
+      (await run(msg(), () => runs++, { attempts: 2, timeout: 5 }, { store: behind })).result.outcome,
+    ).toBe(Outcome.Delayed);
+    expect(runs).toBe(0);
+  });
+});
+
+describe('processing: abandoned runs', () => {
+  it('reports the run the store counted, for release', async () => {
+    const stop = new AbortController();
+    const pending = run(
+      msg(),
+      () => new Promise(() => undefined),
+      { attempts: 2 },
+      { stopSignal: stop.signal },
+    );
+    await flush();
+    stop.abort();
+    const { result } = await pending;
+    expect(result.abandonedRun).toEqual({
+      ref: { queue: QUEUE, uuid: 'a1b2c3d4-0000-4000-8000-000000000001' },
+      attempts: 1,
+    });
+    // Releasing is the caller's: the store still has the run.
+    expect(await keys()).toMatchObject({ status: 'incomplete', attempts: '1' });
+  });
+
+  it('reports none when nothing was counted (stopped before the claim, or the simple path)', async () => {
+    const stop = new AbortController();
+    stop.abort();
+    expect(
+      (await run(msg(), () => undefined, { attempts: 2 }, { stopSignal: stop.signal })).result.abandonedRun,
+    ).toBeUndefined();
+    const later = new AbortController();
+    const simple = run(msg(), () => new Promise(() => undefined), {}, { stopSignal: later.signal });
+    await flush();
+    later.abort();
+    expect((await simple).result.abandonedRun).toBeUndefined();
+  });
+});
+
 describe('processing: RPC replies and hooks', () => {
   it('replies with the result and status OK after an OK outcome', async () => {
     const { settler } = await run(msg('ping', { replyTo: 'reply-q' }), () => 'pong');

@@ -318,10 +318,11 @@ describe('Subscriber against real brokers and Redis', () => {
     const redelivered = await take(server, queue);
     expect(redelivered && redelivered.content.toString()).toBe('slow');
     expect(redelivered && redelivered.fields.redelivered).toBe(true);
-    // The abandoned attempt stays recorded as running (its timeout protects against a double run).
+    // The abandoned attempt is given back (uncounted, not running), so the redelivery runs at once.
     expect(await store.inspect({ queue, uuid: slowId })).toMatchObject({
       status: 'incomplete',
-      attempts: '1',
+      attempts: '0',
+      timeout: '0',
     });
     await store.acknowledged({ queue, uuid: slowId }, { redundant: false });
   });

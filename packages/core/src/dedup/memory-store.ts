@@ -1,3 +1,4 @@
+import { timeoutAt } from '../retry-policy.js';
 import { decideFailure, retryAt } from './decide.js';
 import { KEY_SUFFIXES, allKeysOf, keyOf, rubyToI, type KeySuffix, type MessageRef } from './keys.js';
 import {
@@ -7,15 +8,20 @@ import {
   type AcquireResult,
   type ClaimParams,
   type ClaimResult,
+  type CompleteParams,
   type DedupStore,
   type FailParams,
   type FailResult,
+  type ReleaseParams,
 } from './store.js';
 
 export interface MemoryDedupStoreOptions {
   /** Seconds the `status` key outlives a processed message (Ruby `redis_status_key_expiry_interval`). */
   statusKeyExpiryInterval?: number;
-  /** Milliseconds clock, injectable for tests of key expiry. */
+  /**
+   * Milliseconds clock, injectable for tests of key expiry; also the store's clock for calls that ask for it
+   * (`ClaimParams.timeout`, `AcquireParams.timeout`, `FailParams.storeClock`).
+   */
   now?: () => number;
 }
 
@@ -56,10 +62,15 @@ export class MemoryDedupStore implements DedupStore {
     const fresh = (['status', 'expires', 'timeout'] as const).every(
       (s) => this.read(keyOf(ref, s)) === undefined,
     );
+    const now = params.timeout === undefined ? undefined : this.storeNow();
     if (fresh) {
       this.write(keyOf(ref, 'status'), 'incomplete');
       this.write(keyOf(ref, 'expires'), String(params.expiresAt));
-      this.write(keyOf(ref, 'timeout'), String(params.timeoutAt));
+      const timeout =
+        now === undefined || params.timeout === undefined
+          ? params.timeoutAt
+          : timeoutAt(now, { timeout: params.timeout });
+      this.write(keyOf(ref, 'timeout'), String(timeout));
       return Promise.resolve({ first: true, attempts: this.incr(keyOf(ref, 'attempts')) });
     }
     const optionalInt = (suffix: KeySuffix): number | undefined => {
@@ -75,23 +86,26 @@ export class MemoryDedupStore implements DedupStore {
         attempts: rubyToI(this.read(keyOf(ref, 'attempts'))),
         exceptions: rubyToI(this.read(keyOf(ref, 'exceptions'))),
       },
+      ...(now === undefined ? {} : { now }),
     });
   }
 
   acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
+    const now = params.timeout === undefined ? params.now : this.storeNow();
+    const timeout =
+      params.timeout === undefined ? params.timeoutAt : timeoutAt(now, { timeout: params.timeout });
     const mutexKey = keyOf(ref, 'mutex');
     const held = this.read(mutexKey);
-    if (held !== undefined && rubyToI(held) + params.staleAfter >= params.now) {
+    if (held !== undefined && rubyToI(held) + params.staleAfter >= now) {
       return Promise.resolve({ acquired: false });
     }
-    this.write(mutexKey, String(params.now));
-    this.write(keyOf(ref, 'timeout'), String(params.timeoutAt));
+    this.write(mutexKey, String(now));
+    this.write(keyOf(ref, 'timeout'), String(timeout));
     return Promise.resolve({ acquired: true, attempts: this.incr(keyOf(ref, 'attempts')) });
   }
 
-  complete(ref: MessageRef): Promise<void> {
-    this.write(keyOf(ref, 'status'), 'completed');
-    this.write(keyOf(ref, 'timeout'), '0');
+  complete(ref: MessageRef, params: CompleteParams = {}): Promise<void> {
+    this.completed(ref, params.expiresAt);
     return Promise.resolve();
   }
 
@@ -100,11 +114,11 @@ export class MemoryDedupStore implements DedupStore {
     const attempts = rubyToI(this.read(keyOf(ref, 'attempts')));
     const outcome = decideFailure({ attempts, exceptions }, params);
     if (outcome !== 'HandlerCrash') {
-      this.write(keyOf(ref, 'status'), 'completed');
-      this.write(keyOf(ref, 'timeout'), '0');
+      this.completed(ref, params.expiresAt);
       return Promise.resolve({ outcome, attempts, exceptions, delayUntil: undefined });
     }
-    const delayUntil = retryAt(params, attempts);
+    const now = params.storeClock === true ? this.storeNow() : params.now;
+    const delayUntil = retryAt({ ...params, now }, attempts);
     this.entries.delete(keyOf(ref, 'mutex'));
     this.write(keyOf(ref, 'timeout'), '0');
     this.write(keyOf(ref, 'delay'), String(delayUntil));
@@ -130,6 +144,20 @@ export class MemoryDedupStore implements DedupStore {
     return Promise.resolve();
   }
 
+  release(ref: MessageRef, params: ReleaseParams): Promise<boolean> {
+    const attemptsKey = keyOf(ref, 'attempts');
+    if (
+      this.read(keyOf(ref, 'status')) !== 'incomplete' ||
+      rubyToI(this.read(attemptsKey)) !== params.attempts
+    ) {
+      return Promise.resolve(false);
+    }
+    this.incr(attemptsKey, -1);
+    this.write(keyOf(ref, 'timeout'), '0');
+    this.entries.delete(keyOf(ref, 'mutex'));
+    return Promise.resolve(true);
+  }
+
   inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>> {
     const result: Partial<Record<KeySuffix, string>> = {};
     for (const suffix of KEY_SUFFIXES) {
@@ -151,6 +179,18 @@ export class MemoryDedupStore implements DedupStore {
   close(): Promise<void> {
     this.entries.clear();
     return Promise.resolve();
+  }
+
+  /** The store's clock in unix seconds. */
+  private storeNow(): number {
+    return Math.floor(this.clock() / 1000);
+  }
+
+  /** `status=completed`, `timeout=0`, and the message's `expires` when known. */
+  private completed(ref: MessageRef, expiresAt: number | undefined): void {
+    this.write(keyOf(ref, 'status'), 'completed');
+    this.write(keyOf(ref, 'timeout'), '0');
+    if (expiresAt !== undefined) this.write(keyOf(ref, 'expires'), String(expiresAt));
   }
 
   private read(key: string): string | undefined {

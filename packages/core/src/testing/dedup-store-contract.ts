@@ -21,6 +21,12 @@ export interface DedupStoreUnderTest {
   ttl?(ref: MessageRef, suffix: KeySuffix): Promise<number> | number;
   /** Writes raw values (as Ruby would: plain strings, no TTL), for states the interface cannot reach. */
   seed?(ref: MessageRef, values: Partial<Record<KeySuffix, string>>): Promise<void> | void;
+  /**
+   * The store's own clock in unix seconds, for a store that decides with a clock shared by its consumers when
+   * asked to (`ClaimParams.timeout`, `AcquireParams.timeout`, `FailParams.storeClock`; Redis: `TIME`). The
+   * tests of that run only with this hook.
+   */
+  storeClock?(): Promise<number> | number;
   /** Releases the store after each test; defaults to `store.close()`. */
   dispose?(): Promise<void> | void;
 }
@@ -654,6 +660,185 @@ export function describeDedupStoreContract(name: string, factory: DedupStoreFact
           acquired: true,
           attempts: 3,
         });
+      });
+    });
+
+    describe("the store's clock (consumers with skewed clocks)", () => {
+      const fixture = withStore(0);
+      /** The store's clock around `work`, and its result. */
+      const between = async <T>(
+        subject: DedupStoreUnderTest,
+        clock: () => Promise<number> | number,
+        work: () => Promise<T>,
+      ): Promise<{ before: number; after: number; result: T }> => {
+        const before = await clock();
+        const result = await work();
+        return { before, after: await clock(), result };
+      };
+
+      it("claim with a timeout: writes the store's now + timeout and reports its now when seen before", async () => {
+        const subject = fixture.current();
+        const clock = subject.storeClock?.bind(subject);
+        if (!clock) return; // a store without a shared clock uses the caller's times
+        const ref = freshRef();
+        // The caller's clock is far off: its timeoutAt (10) is ignored.
+        const first = await between(subject, clock, () =>
+          subject.store.claim(ref, { expiresAt: nowSeconds() + 100, timeoutAt: 10, timeout: 30 }),
+        );
+        expect(first.result).toEqual({ first: true, attempts: 1 });
+        const timeout = Number((await subject.store.inspect(ref)).timeout);
+        expect(timeout).toBeGreaterThanOrEqual(first.before + 30);
+        expect(timeout).toBeLessThanOrEqual(first.after + 30);
+        const second = await between(subject, clock, () =>
+          subject.store.claim(ref, { expiresAt: nowSeconds() + 100, timeoutAt: 10, timeout: 30 }),
+        );
+        if (second.result.first) throw new Error('a second claim must not be a first sighting');
+        expect(second.result.state.timeout).toBe(timeout);
+        expect(second.result.now).toBeGreaterThanOrEqual(second.before);
+        expect(second.result.now).toBeLessThanOrEqual(second.after);
+      });
+
+      it("acquire with a timeout: the mutex's value and age, and the timeout, by the store's clock", async () => {
+        const subject = fixture.current();
+        const clock = subject.storeClock?.bind(subject);
+        if (!clock) return;
+        const { store } = subject;
+        const ref = freshRef();
+        const now = nowSeconds();
+        await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await store.fail(ref, retryable({ now }));
+        // A consumer whose clock is 10 000 s behind takes the mutex: written with the store's now.
+        const taken = await between(subject, clock, () =>
+          store.acquire(ref, { now: now - 10_000, timeoutAt: now - 9_400, staleAfter: 610, timeout: 600 }),
+        );
+        expect(taken.result).toEqual({ acquired: true, attempts: 2 });
+        const keys = await store.inspect(ref);
+        expect(Number(keys.mutex)).toBeGreaterThanOrEqual(taken.before);
+        expect(Number(keys.mutex)).toBeLessThanOrEqual(taken.after);
+        expect(Number(keys.timeout)).toBe(Number(keys.mutex) + 600);
+        // A consumer 10 000 s ahead finds it fresh (by its own clock it would look stale and be taken over).
+        expect(
+          await store.acquire(ref, {
+            now: now + 10_000,
+            timeoutAt: now + 10_600,
+            staleAfter: 610,
+            timeout: 600,
+          }),
+        ).toEqual({ acquired: false });
+        expect(await store.inspect(ref)).toEqual(keys);
+      });
+
+      it("fail with storeClock: the retry's delay from the store's now", async () => {
+        const subject = fixture.current();
+        const clock = subject.storeClock?.bind(subject);
+        if (!clock) return;
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        const failed = await between(subject, clock, () =>
+          subject.store.fail(ref, retryable({ now: 10, delay: 7, storeClock: true })),
+        );
+        expect(failed.result.outcome).toBe('HandlerCrash');
+        expect(failed.result.delayUntil).toBeGreaterThanOrEqual(failed.before + 7);
+        expect(failed.result.delayUntil).toBeLessThanOrEqual(failed.after + 7);
+        expect((await subject.store.inspect(ref)).delay).toBe(String(failed.result.delayUntil));
+      });
+    });
+
+    describe('completion after the keys were deleted (garbage collection)', () => {
+      const fixture = withStore(0);
+
+      it('complete() with expiresAt writes expires too, so recreated keys stay collectable', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        await subject.store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await subject.store.complete(ref, { expiresAt: now + 100 });
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '1',
+        });
+        // The keys deleted while the handler ran (gc): the late completion brings expires back with status.
+        const late = freshRef();
+        await subject.store.complete(late, { expiresAt: now + 100 });
+        await expectKeys(subject, late, { status: 'completed', expires: String(now + 100), timeout: '0' });
+        if (subject.ttl) expect(await subject.ttl(late, 'expires')).toBe(-1);
+      });
+
+      it('fail() with expiresAt writes expires with a final outcome', async () => {
+        const subject = fixture.current();
+        const ref = freshRef();
+        const now = nowSeconds();
+        const result = await subject.store.fail(
+          ref,
+          retryable({ now, attemptsLimit: 1, exceptionsLimit: 0, expiresAt: now + 100 }),
+        );
+        expect(result.outcome).toBe('ExceptionsLimitReached');
+        await expectKeys(subject, ref, {
+          status: 'completed',
+          expires: String(now + 100),
+          timeout: '0',
+          exceptions: '1',
+        });
+      });
+    });
+
+    describe('release() of an abandoned run', () => {
+      const fixture = withStore(0);
+
+      it('uncounts the attempt and clears timeout and mutex, so the redelivery runs at once', async () => {
+        const subject = fixture.current();
+        const { store } = subject;
+        if (!store.release) return; // optional
+        const ref = freshRef();
+        const now = nowSeconds();
+        await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        expect(await store.release(ref, { attempts: 1 })).toBe(true);
+        await expectKeys(subject, ref, {
+          status: 'incomplete',
+          expires: String(now + 100),
+          timeout: '0',
+          attempts: '0',
+        });
+        // The redelivery: seen before, not running, no attempt used: it takes the run at once.
+        const state = await store.claim(ref, { expiresAt: now + 100, timeoutAt: now + 600 });
+        expect(state).toEqual({
+          first: false,
+          state: { status: 'incomplete', delay: undefined, timeout: 0, attempts: 0, exceptions: 0 },
+        });
+        expect(await store.acquire(ref, { now, timeoutAt: now + 600, staleAfter: 610 })).toEqual({
+          acquired: true,
+          attempts: 1,
+        });
+        // A retry's run releases its mutex too.
+        expect(await store.release(ref, { attempts: 1 })).toBe(true);
+        expect(await store.inspect(ref)).toMatchObject({ attempts: '0', timeout: '0' });
+        expect((await store.inspect(ref)).mutex).toBeUndefined();
+      });
+
+      it('leaves the message alone once it moved on (another run, or completed)', async () => {
+        const { store } = fixture.current();
+        if (!store.release) return;
+        const now = nowSeconds();
+        const taken = freshRef();
+        await store.claim(taken, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await store.fail(taken, retryable({ now }));
+        await store.acquire(taken, { now, timeoutAt: now + 600, staleAfter: 610 });
+        const before = await store.inspect(taken);
+        expect(await store.release(taken, { attempts: 1 })).toBe(false); // attempt 2 runs now
+        expect(await store.inspect(taken)).toEqual(before);
+
+        const done = freshRef();
+        await store.claim(done, { expiresAt: now + 100, timeoutAt: now + 600 });
+        await store.complete(done);
+        expect(await store.release(done, { attempts: 1 })).toBe(false);
+        expect(await store.inspect(done)).toMatchObject({ status: 'completed', attempts: '1' });
+
+        const unknown = freshRef();
+        expect(await store.release(unknown, { attempts: 1 })).toBe(false);
+        expect(await store.inspect(unknown)).toEqual({});
       });
     });
 
