@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { manifestPath } from './manifest.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const readme = readFileSync(join(root, 'README.md'), 'utf8');
@@ -11,13 +11,10 @@ const manifest = (dir: string): { dependencies?: Record<string, string> } =>
     dependencies?: Record<string, string>;
   };
 
-/** The version of `name` that `fromPackage` gets at run time (read by path: amqplib 2 exports no package.json). */
-function installedVersion(name: string, fromPackage: string): string {
-  const require = createRequire(join(root, fromPackage, 'package.json'));
-  let dir = dirname(require.resolve(name));
-  while (!dir.endsWith(`node_modules/${name}`)) dir = dirname(dir);
-  return (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string }).version;
-}
+/** The version of `name` that `fromPackage` gets at run time. */
+const installedVersion = (name: string, fromPackage: string): string =>
+  (JSON.parse(readFileSync(manifestPath(name, join(root, fromPackage)), 'utf8')) as { version: string })
+    .version;
 
 describe.each([
   ['amqplib', ['packages/broker-amqp']],

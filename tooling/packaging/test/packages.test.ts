@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { manifestPath } from './manifest.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const packagesDir = join(root, 'packages');
@@ -37,7 +37,7 @@ function dependencyClosure(name: string): Set<string> {
   const visit = (pkgName: string, fromDir: string): void => {
     if (seen.has(pkgName)) return;
     seen.add(pkgName);
-    const manifest = createRequire(join(fromDir, 'noop.js')).resolve(`${pkgName}/package.json`);
+    const manifest = manifestPath(pkgName, fromDir);
     const json = readJson(manifest);
     for (const dep of Object.keys({ ...json.dependencies, ...json.optionalDependencies })) {
       visit(dep, dirname(manifest));
