@@ -8,6 +8,7 @@ export default defineConfig({
   resolve: {
     alias: [
       { find: '@beetle/core/testing', replacement: src('./packages/core/src/testing/index.ts') },
+      { find: '@beetle/core/kit', replacement: src('./packages/core/src/kit/index.ts') },
       { find: '@beetle/test-services', replacement: src('./tooling/test-services/src/index.ts') },
       { find: /^@beetle\/([a-z-]+)$/, replacement: src('./packages/$1/src/index.ts') },
     ],

@@ -6,7 +6,7 @@
  *   npx tsx examples/src/attempts-with-exponential-backoff.ts
  */
 import { Client, type HandlerMessage, type Outcome } from '@beetle/client';
-import { nextDelay, retryPolicy } from '@beetle/core';
+import { nextDelay, retryPolicy } from '@beetle/core/kit';
 import type { HandlerObject } from '@beetle/subscriber';
 import {
   deleteTopology,

@@ -5,7 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { brokerAddress, configFromEnv, createConfig, parseKey, Topology } from '@beetle/core';
+import { configFromEnv, createConfig, Topology } from '@beetle/core';
+import { brokerAddress, parseKey } from '@beetle/core/kit';
 import type { BeetleConfig, BeetleConfigInput, Logger } from '@beetle/core';
 import type { RedisDedupStore } from '@beetle/dedup-redis';
 

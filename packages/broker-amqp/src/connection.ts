@@ -4,13 +4,13 @@ import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Op
 import {
   BrokerError,
   ClosedError,
-  coalesceWrites,
   InvalidPublishError,
   Topology,
   type ExchangeDefinition,
   type Logger,
   type QueueDefinition,
 } from '@beetle/core';
+import { coalesceWrites, errorMessage, withTimeout } from '@beetle/core/kit';
 import type {
   BrokerOptions,
   ConsumerChannel,
@@ -20,7 +20,6 @@ import type {
   TopologyDeclarer,
 } from './types.js';
 import { tlsFailure, tlsSocketOptions } from './tls.js';
-import { errorMessage, withTimeout } from './util.js';
 
 /** Which of the two connections to a broker. */
 export type ConnectionRole = 'publisher' | 'consumer';

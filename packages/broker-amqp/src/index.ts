@@ -32,4 +32,3 @@ export {
   type SetupQueueContext,
   type SetupQueueResult,
 } from './setup.js';
-export { backoff, type BackoffOptions } from './util.js';

@@ -1,5 +1,4 @@
 import {
-  brokerAddress,
   ConfigurationError,
   PolicyRefusedError,
   PolicyRequestError,
@@ -10,7 +9,7 @@ import {
   type Logger,
   type QueueDefinition,
 } from '@beetle/core';
-import { errorMessage } from './util.js';
+import { brokerAddress, errorMessage } from '@beetle/core/kit';
 
 /** Options of one queue policy (Ruby `set_queue_policy!`). */
 export interface QueuePolicyOptions {

@@ -1,4 +1,5 @@
-import { brokerAddress, ClosedError, silentLogger, type BeetleConfig, type Logger } from '@beetle/core';
+import { ClosedError, silentLogger, type BeetleConfig, type Logger } from '@beetle/core';
+import { brokerAddress } from '@beetle/core/kit';
 import { BrokerConnection } from './connection.js';
 import type { BrokerOptions } from './types.js';
 

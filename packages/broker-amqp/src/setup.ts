@@ -1,7 +1,7 @@
-import { encodeMessage, silentLogger, type BeetleConfig, type Logger, type Topology } from '@beetle/core';
+import { silentLogger, type BeetleConfig, type Logger, type Topology } from '@beetle/core';
+import { encodeMessage, errorMessage } from '@beetle/core/kit';
 import { PolicyClient, policyUpdatePayload, type PolicyUpdatePayload } from './policies.js';
 import type { TopologyDeclarer } from './types.js';
-import { errorMessage } from './util.js';
 
 /** Something that can publish the policy update message (a `PublishChannel` or a `ConsumerChannel`). */
 export interface PolicyMessagePublisher {

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import type { BrokerAddress } from '@beetle/core';
-import { errorMessage } from './util.js';
+import { errorMessage } from '@beetle/core/kit';
 
 /** PEM text (rather than a file path), as configuration files may carry either. */
 export const isInlinePem = (value: string): boolean => /-----BEGIN [A-Z0-9 ]+-----/.test(value);

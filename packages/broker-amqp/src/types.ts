@@ -1,10 +1,5 @@
-import type {
-  BrokerAddress,
-  EnvelopeProperties,
-  ExchangeDefinition,
-  Logger,
-  QueueDefinition,
-} from '@beetle/core';
+import type { BrokerAddress, ExchangeDefinition, Logger, QueueDefinition } from '@beetle/core';
+import type { EnvelopeProperties } from '@beetle/core/kit';
 
 /**
  * The seams of the broker layer. The publisher and the subscriber depend on these interfaces only, so a

@@ -1,8 +1,8 @@
 import { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BrokerError, silentLogger, Topology } from '@beetle/core';
+import { backoff } from '@beetle/core/kit';
 import {
-  backoff,
   BrokerConnection,
   BrokerPool,
   brokerOptions,

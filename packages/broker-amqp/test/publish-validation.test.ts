@@ -1,13 +1,13 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { type Headers } from '@beetle/core';
 import {
   encodeMessage,
   HEADER_TABLE_MAX_BYTES,
   validatePublish,
   type EncodedMessage,
-  type Headers,
-} from '@beetle/core';
+} from '@beetle/core/kit';
 
 /** amqplib's own encoder and frame parser: the oracle for what `validatePublish` must accept. */
 const require = createRequire(import.meta.url);

@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { KEY_SUFFIXES } from '@beetle/core';
+import { KEY_SUFFIXES } from '@beetle/core/kit';
 import {
   createTlsFiles,
   freePort,

@@ -1,4 +1,5 @@
-import { Outcome, Topology, createConfig, keyOf } from '@beetle/core';
+import { Outcome, Topology, createConfig } from '@beetle/core';
+import { keyOf } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { freePort, startRedis, type ServiceHandle } from '@beetle/test-services';

@@ -5,7 +5,7 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { createRequire } from 'node:module';
 import type * as Amqp from 'amqplib';
-import { encodeMessage } from '@beetle/core';
+import { encodeMessage } from '@beetle/core/kit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cleanup, lines, management, run, servers, serviceFlags, tempFile, uid } from './helpers.js';
 

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { KEY_SUFFIXES } from '@beetle/core';
+import { KEY_SUFFIXES } from '@beetle/core/kit';
 import type { RespClient } from '../src/redis.js';
 import { lines, redis, redisServer, run, tempFile, uid } from './helpers.js';
 

@@ -1,44 +1,72 @@
-export * from './errors.js';
-export * from './outcomes.js';
-export * from './retry-policy.js';
-export * from './envelope.js';
-export * from './topology.js';
-export * from './logger.js';
-export { TypedEmitter } from './events.js';
+/**
+ * `@beetle/core`: what applications compose with. The building blocks of Beetle's own packages (envelope
+ * encoding, key schema, timing helpers) are in `@beetle/core/kit`; the dedup store contract suite is in
+ * `@beetle/core/testing`.
+ */
 export {
-  brokerAddress,
+  BeetleError,
+  BrokerError,
+  ClosedError,
+  ConfigurationError,
+  InvalidPublishError,
+  MessageDecodingError,
+  NoMessageSentError,
+  NoRedisMasterError,
+  PolicyRefusedError,
+  PolicyRequestError,
+  PublishTimeoutError,
+  UnknownMessageError,
+  UnknownQueueError,
+  isBeetleError,
+  type BeetleErrorOptions,
+  type BeetleErrorReason,
+} from './errors.js';
+export { Outcome, allOutcomes, isFailureOutcome, isRejectOutcome } from './outcomes.js';
+export {
+  DEFAULT_AMQP_PORT,
   configFromEnv,
   configOptions,
   createConfig,
-  DEFAULT_AMQP_PORT,
   defaultConfig,
-  ignoredFileKeys,
   loadConfigFile,
   parseConfigFile,
-  parseServerAddress,
-  parseServerList,
   type BeetleConfig,
   type BeetleConfigInput,
   type BrokerAddress,
   type BrokerTlsOptions,
   type ConfigOptionInfo,
   type ConfigReadOptions,
-  type IgnoredConfigKey,
   type OptionName,
   type OptionType,
   type OptionUnit,
   type ServerConnectionOptions,
   type ServerHeartbeat,
 } from './config/index.js';
-export * from './dedup/keys.js';
-export type * from './dedup/store.js';
-export { acksOf } from './dedup/store.js';
-export { decideFailure, retryAt } from './dedup/decide.js';
-export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';
-export { coalesceWrites } from './coalesce-writes.js';
 export {
-  HEADER_TABLE_MAX_BYTES,
-  SHORTSTR_MAX_BYTES,
-  validatePublish,
-  type PublishTarget,
-} from './publish-validation.js';
+  Topology,
+  defaultTopologyConfig,
+  type BindingDefinition,
+  type ExchangeDefinition,
+  type ExchangeOptions,
+  type KnownMessages,
+  type MessageDefinition,
+  type MessageMap,
+  type MessageOptions,
+  type QueueDefinition,
+  type QueueOptions,
+  type TopologyConfig,
+} from './topology.js';
+export type {
+  BeetleMessage,
+  DecodeResult,
+  DeliverySource,
+  HeaderValue,
+  Headers,
+  Payload,
+  RawDelivery,
+} from './envelope.js';
+export type { RetryOptions, RetryPolicy } from './retry-policy.js';
+export { silentLogger, type LogFn, type Logger } from './logger.js';
+export type { MessageRef } from './dedup/keys.js';
+export type * from './dedup/store.js';
+export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';

@@ -1,13 +1,12 @@
 import { describe, expect, it } from 'vitest';
+import { InvalidPublishError, type Headers } from '@beetle/core';
 import {
   encodeMessage,
-  InvalidPublishError,
   MSG_ID_PATTERN,
   parseKey,
   RUBY_MSG_ID_PATTERN,
   validatePublish,
-  type Headers,
-} from '../src/index.js';
+} from '@beetle/core/kit';
 
 describe('parseKey', () => {
   it('reads keys of any message id without ":" (Ruby only reads lowercase hex ids)', () => {

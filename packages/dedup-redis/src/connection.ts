@@ -1,7 +1,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis } from 'ioredis';
-import { ClosedError, NoRedisMasterError, coalesceWrites, type Logger } from '@beetle/core';
+import { ClosedError, NoRedisMasterError, type Logger } from '@beetle/core';
+import { coalesceWrites } from '@beetle/core/kit';
 import { isRedisAddress, parseRedisAddress, parseRedisMasterFile } from './master-file.js';
 import { SCRIPTS, type ScriptCommands } from './scripts.js';
 

@@ -2,12 +2,6 @@ import type { ConnectionOptions } from 'node:tls';
 import {
   ConfigurationError,
   silentLogger,
-  KEY_SUFFIXES,
-  allKeysOf,
-  msgId,
-  parseKey,
-  rubyToI,
-  acksOf,
   type AcknowledgedParams,
   type AcquireParams,
   type AcquireResult,
@@ -19,12 +13,21 @@ import {
   type FailParams,
   type FailResult,
   type BeetleConfig,
-  type KeySuffix,
   type Logger,
   type MessageRef,
   type ReleaseParams,
 } from '@beetle/core';
-import { Batcher, type Schedule } from './batch.js';
+import {
+  acksOf,
+  allKeysOf,
+  Batcher,
+  KEY_SUFFIXES,
+  type KeySuffix,
+  msgId,
+  parseKey,
+  rubyToI,
+  type Schedule,
+} from '@beetle/core/kit';
 import { RedisConnection, type ScriptedRedis } from './connection.js';
 import { ReplyKeys, type OnceCall } from './replies.js';
 import type { ScriptName } from './scripts.js';

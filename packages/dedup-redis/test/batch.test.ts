@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Batcher } from '../src/batch.js';
+import { Batcher } from '@beetle/core/kit';
 
 /** A batcher whose batches are recorded and answered by `answer`; flushes when the test calls `flush`. */
 function batcher(

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
-import { allKeysOf, keyOf, NoRedisMasterError, type KeySuffix, type MessageRef } from '@beetle/core';
+import { NoRedisMasterError, type MessageRef } from '@beetle/core';
+import { allKeysOf, keyOf, type KeySuffix } from '@beetle/core/kit';
 import { describeDedupStoreContract } from '@beetle/core/testing';
 import { RedisDedupStore } from '../src/index.js';
 import { nowSeconds, rawClient, requireSharedRedis, TEST_REDIS } from './helpers.js';

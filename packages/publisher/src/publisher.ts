@@ -1,23 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import {
-  TypedEmitter,
   BeetleError,
   BrokerError,
   ClosedError,
-  encodeMessage,
   InvalidPublishError,
   NoMessageSentError,
   PublishTimeoutError,
   silentLogger,
-  validatePublish,
   type BeetleConfig,
-  type EncodedMessage,
   type Headers,
   type Logger,
   type MessageDefinition,
   type MessageMap,
   type Topology,
 } from '@beetle/core';
+import { type EncodedMessage, encodeMessage, Slots, TypedEmitter, validatePublish } from '@beetle/core/kit';
 import {
   BrokerPool,
   PolicyClient,
@@ -26,7 +23,6 @@ import {
   type PublishChannel,
   type SetupQueueResult,
 } from '@beetle/broker-amqp';
-import { Slots } from './slots.js';
 
 /** Per-publish options (Ruby's publishing options, plus `messageId`). They override the registration. */
 export interface PublishOptions {

@@ -1,6 +1,5 @@
 import {
   ConfigurationError,
-  retryPolicy,
   type BeetleMessage,
   type Logger,
   type MessageDecodingError,
@@ -9,6 +8,7 @@ import {
   type RetryOptions,
   type RetryPolicy,
 } from '@beetle/core';
+import { retryPolicy } from '@beetle/core/kit';
 
 /** A decoded message as handlers see it: core's `BeetleMessage` plus the attempt being run. */
 export interface HandlerMessage extends BeetleMessage {

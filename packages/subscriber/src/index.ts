@@ -25,8 +25,6 @@ export type {
   SettleState,
 } from './processing.js';
 export { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
-export { systemClock } from './clock.js';
-export type { Clock, TimerHandle } from './clock.js';
 export { defaultQueueSetup } from './broker.js';
 export type {
   ConsumerConnection,

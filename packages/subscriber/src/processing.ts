@@ -1,14 +1,8 @@
 import {
   Outcome,
-  TIMEOUT_GRACE_PERIOD,
-  decodeMessage,
-  isExpired,
   isFailureOutcome,
   isRejectOutcome,
-  isSimple,
-  ownHeaders,
   silentLogger,
-  timeoutAt,
   type BeetleMessage,
   type DecodeResult,
   type DedupStore,
@@ -18,7 +12,17 @@ import {
   type MessageRef,
   type RawDelivery,
 } from '@beetle/core';
-import { systemClock, type Clock, type TimerHandle } from './clock.js';
+import {
+  type Clock,
+  decodeMessage,
+  isExpired,
+  isSimple,
+  ownHeaders,
+  systemClock,
+  TIMEOUT_GRACE_PERIOD,
+  timeoutAt,
+  type TimerHandle,
+} from '@beetle/core/kit';
 import { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
 import {
   isRetriable,

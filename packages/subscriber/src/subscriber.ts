@@ -1,12 +1,9 @@
-import { backoff, BrokerPool } from '@beetle/broker-amqp';
+import { BrokerPool } from '@beetle/broker-amqp';
 import {
-  TypedEmitter,
   ClosedError,
   ConfigurationError,
   Outcome,
-  TIMEOUT_GRACE_PERIOD,
   UnknownQueueError,
-  decodeMessage,
   silentLogger,
   type BeetleConfig,
   type DecodeResult,
@@ -17,6 +14,15 @@ import {
   type Topology,
 } from '@beetle/core';
 import {
+  backoff,
+  type Clock,
+  decodeMessage,
+  systemClock,
+  TIMEOUT_GRACE_PERIOD,
+  type TimerHandle,
+  TypedEmitter,
+} from '@beetle/core/kit';
+import {
   defaultQueueSetup,
   memo,
   type Delivery,
@@ -24,7 +30,6 @@ import {
   type SubscriberChannel,
   type SubscriberPool,
 } from './broker.js';
-import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { LocalCopies, type CopyLine, type DueAcks } from './copies.js';
 import type { SubscriberErrorEvent, SubscriberEvents } from './events.js';
 import { resolveHandler, type Handler, type HandlerOptions, type ResolvedHandler } from './handler.js';

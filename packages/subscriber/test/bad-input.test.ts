@@ -31,11 +31,10 @@ import {
   Outcome,
   Topology,
   createConfig,
-  encodeMessage,
   type BeetleConfigInput,
-  type EncodeOptions,
   type Logger,
 } from '@beetle/core';
+import { encodeMessage, type EncodeOptions } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import {
   Subscriber,

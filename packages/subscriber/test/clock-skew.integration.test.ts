@@ -1,6 +1,7 @@
-import { keyOf, Outcome, Topology, createConfig } from '@beetle/core';
+import { Outcome, Topology, createConfig } from '@beetle/core';
+import { keyOf, systemClock, type Clock } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
-import { Subscriber, systemClock, type Clock, type ProcessedEvent } from '@beetle/subscriber';
+import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';
 import { rawClient } from '../../dedup-redis/test/helpers.js';
 import { deleteQueues, publish, redisServer, servers, uid, waitFor } from './integration-helpers.js';

@@ -1,12 +1,6 @@
-import {
-  encodeMessage,
-  type DedupStore,
-  type EncodeOptions,
-  type Logger,
-  type Payload,
-  type RawDelivery,
-} from '@beetle/core';
-import type { Clock, DeliverySettler, TimerHandle } from '@beetle/subscriber';
+import { type DedupStore, type Logger, type Payload, type RawDelivery } from '@beetle/core';
+import { encodeMessage, type Clock, type EncodeOptions, type TimerHandle } from '@beetle/core/kit';
+import type { DeliverySettler } from '@beetle/subscriber';
 
 /** A manual clock: time only moves with `advance`, which fires due timers in order. */
 export class FakeClock implements Clock {

@@ -5,7 +5,8 @@
  * not have, e.g. Beetle headers read through the prototype.
  */
 import { randomUUID } from 'node:crypto';
-import { MessageDecodingError, Outcome, Topology, createConfig, encodeMessage } from '@beetle/core';
+import { MessageDecodingError, Outcome, Topology, createConfig } from '@beetle/core';
+import { encodeMessage } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Subscriber, type AnyMessage, type HandlerMessage, type ProcessedEvent } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';

@@ -2,7 +2,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type * as Amqp from 'amqplib';
 import { servers as allServers } from '../../broker-amqp/test/helpers.js';
-import { encodeMessage, type EncodeOptions, type Payload } from '@beetle/core';
+import { type Payload } from '@beetle/core';
+import { encodeMessage, type EncodeOptions } from '@beetle/core/kit';
 
 // amqplib is a dependency of @beetle/broker-amqp, not of this package: load it from there (tests only).
 const requireFromBroker = createRequire(new URL('../../broker-amqp/package.json', import.meta.url));

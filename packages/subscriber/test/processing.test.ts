@@ -5,11 +5,11 @@ import {
   Outcome,
   allOutcomes,
   type DedupStore,
-  type EncodeOptions,
   type Logger,
   type Payload,
   type RawDelivery,
 } from '@beetle/core';
+import { type EncodeOptions } from '@beetle/core/kit';
 import {
   HandlerTimeoutError,
   OnceSettler,

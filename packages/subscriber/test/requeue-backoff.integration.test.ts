@@ -1,4 +1,5 @@
-import { Outcome, Topology, createConfig, encodeMessage, type BeetleConfigInput } from '@beetle/core';
+import { Outcome, Topology, createConfig, type BeetleConfigInput } from '@beetle/core';
+import { encodeMessage } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';

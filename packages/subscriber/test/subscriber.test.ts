@@ -6,11 +6,11 @@ import {
   UnknownQueueError,
   createConfig,
   type BeetleConfigInput,
-  type EncodeOptions,
   type ExchangeDefinition,
   type Payload,
   type QueueDefinition,
 } from '@beetle/core';
+import { type EncodeOptions } from '@beetle/core/kit';
 import {
   Subscriber,
   type Delivery,

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core';
+import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core/kit';
 import type { CommandContext, CommandSpec } from '../command.js';
 import { databasesFlag, durationFlag, stringFlag, UsageError } from '../options.js';
 import { Progress } from '../output.js';

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core';
+import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core/kit';
 import { isRedisAddress } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
 import {

@@ -1,5 +1,6 @@
 import { BrokerConnection, brokerOptions } from '@beetle/broker-amqp';
-import { brokerAddress, createConfig, type BeetleConfig } from '@beetle/core';
+import { createConfig, type BeetleConfig } from '@beetle/core';
+import { brokerAddress } from '@beetle/core/kit';
 import type { CommandContext, CommandSpec } from '../command.js';
 import { numberFlag } from '../options.js';
 import { errorMessage, oneLine } from '../output.js';

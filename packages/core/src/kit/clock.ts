@@ -1,6 +1,6 @@
 /**
- * Time as the subscriber sees it. Injectable so that the state machine, handler timeouts and requeue delays
- * can be tested deterministically.
+ * Time as Beetle sees it. Injectable so that the state machine, handler timeouts, requeue delays and deadline
+ * sweeps can be tested deterministically.
  */
 export interface Clock {
   /** Unix time in whole seconds (what the dedup store compares against, as Ruby's `Time.now.to_i`). */

@@ -1,0 +1,131 @@
+import { describe, expect, it } from 'vitest';
+import { DeadlineSweeper, Lazy, Memo, type Clock } from '@beetle/core/kit';
+
+/** Time moves only with `advance`, which fires the due timers in order. */
+class ManualClock implements Clock {
+  ms = 1_000_000;
+  private timers: { at: number; fire: () => void }[] = [];
+  now = (): number => Math.floor(this.ms / 1000);
+  nowMs = (): number => this.ms;
+  setTimeout = (fire: () => void, ms: number): unknown => {
+    const timer = { at: this.ms + ms, fire };
+    this.timers.push(timer);
+    return timer;
+  };
+  clearTimeout = (handle: unknown): void => {
+    this.timers = this.timers.filter((t) => t !== handle);
+  };
+  get pending(): number {
+    return this.timers.length;
+  }
+  advance(ms: number): void {
+    const until = this.ms + ms;
+    for (;;) {
+      const next = this.timers.filter((t) => t.at <= until).sort((a, b) => a.at - b.at)[0];
+      if (next === undefined) break;
+      this.timers = this.timers.filter((t) => t !== next);
+      this.ms = next.at;
+      next.fire();
+    }
+    this.ms = until;
+  }
+}
+
+describe('DeadlineSweeper', () => {
+  it('expires each item once, no sooner than its deadline and at most one period late, with one timer', () => {
+    const clock = new ManualClock();
+    const expired: string[] = [];
+    const sweeper = new DeadlineSweeper<string>({
+      periodMs: 100,
+      clock,
+      onExpired: (item) => expired.push(item),
+    });
+    sweeper.add('a', clock.ms + 150);
+    sweeper.add('b', clock.ms + 350);
+    sweeper.add('c', clock.ms + 120);
+    expect(clock.pending).toBe(1);
+    clock.advance(199);
+    expect(expired).toEqual([]);
+    clock.advance(1);
+    expect(expired).toEqual(['a', 'c']);
+    expect(sweeper.delete('b')).toBe(true);
+    clock.advance(1000);
+    expect(expired).toEqual(['a', 'c']);
+    // Nothing watched: no timer left running.
+    expect(clock.pending).toBe(0);
+    expect(sweeper.size).toBe(0);
+  });
+
+  it('ordered: a sweep stops at the first item not due', () => {
+    const clock = new ManualClock();
+    const expired: number[] = [];
+    const sweeper = new DeadlineSweeper<number>({
+      periodMs: 50,
+      clock,
+      ordered: true,
+      onExpired: (item) => expired.push(item),
+    });
+    sweeper.add(1, clock.ms + 40);
+    sweeper.add(2, clock.ms + 500);
+    // Out of order on purpose: an ordered sweeper does not look past item 2.
+    sweeper.add(3, clock.ms + 10);
+    clock.advance(100);
+    expect(expired).toEqual([1]);
+    clock.advance(500);
+    expect(expired).toEqual([1, 2, 3]);
+  });
+
+  it('an item added from onExpired is watched', () => {
+    const clock = new ManualClock();
+    let fired = 0;
+    const sweeper: DeadlineSweeper<number> = new DeadlineSweeper({
+      periodMs: 10,
+      clock,
+      onExpired: (n) => {
+        fired++;
+        if (n < 3) sweeper.add(n + 1, clock.ms + 5);
+      },
+    });
+    sweeper.add(1, clock.ms);
+    clock.advance(100);
+    expect(fired).toBe(3);
+    expect(clock.pending).toBe(0);
+  });
+});
+
+describe('Lazy', () => {
+  it('shares one promise between callers and remembers the value', async () => {
+    let made = 0;
+    const lazy = new Lazy(() => Promise.resolve(++made));
+    const [a, b] = await Promise.all([lazy.get(), lazy.get()]);
+    expect([a, b, made, lazy.value]).toEqual([1, 1, 1, 1]);
+    lazy.reset();
+    expect(lazy.value).toBeUndefined();
+    expect(await lazy.get()).toBe(2);
+  });
+
+  it('forgets a failure, so the next get tries again', async () => {
+    let calls = 0;
+    const lazy = new Lazy(() => (++calls === 1 ? Promise.reject(new Error('down')) : Promise.resolve('up')));
+    await expect(lazy.get()).rejects.toThrow('down');
+    expect(lazy.value).toBeUndefined();
+    expect(await lazy.get()).toBe('up');
+    expect(calls).toBe(2);
+  });
+});
+
+describe('Memo', () => {
+  it('runs once per key, shares the running work, forgets failures and is cleared', async () => {
+    const memo = new Memo();
+    let runs = 0;
+    const work = (): Promise<number> => Promise.resolve(++runs);
+    const [a, b] = await Promise.all([memo.run('x', work), memo.run('x', work)]);
+    expect([a, b, runs, memo.isDone('x')]).toEqual([1, 1, 1, true]);
+    await expect(memo.run('y', () => Promise.reject(new Error('no')))).rejects.toThrow('no');
+    expect(memo.isDone('y')).toBe(false);
+    expect(await memo.run('y', work)).toBe(2);
+    memo.clear();
+    expect(memo.isDone('x')).toBe(false);
+    expect(await memo.run('x', work)).toBe(3);
+  });
+});
