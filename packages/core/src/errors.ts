@@ -20,7 +20,19 @@ export type BeetleErrorReason =
   | 'policy-refused'
   | 'queue-setup'
   | 'closed'
-  | 'timeout';
+  | 'timeout'
+  /** Redis cannot be used right now (no master, not connected yet, stalled): retried until the failover timeout. */
+  | 'redis-unavailable'
+  /** Redis answered something the store did not expect (a script error, a wrong type: a bug or a foreign key). */
+  | 'redis-reply'
+  /** The RabbitMQ management API answered with an error or something unexpected (outside policy updates). */
+  | 'management-api'
+  /** A state Beetle does not expect: a bug, or a seam implementation that breaks its contract. */
+  | 'internal'
+  /** The `beetle` command was called wrongly (unknown flag, missing argument). */
+  | 'usage'
+  /** An operation stopped by a signal or a stop before it completed. */
+  | 'interrupted';
 
 export interface BeetleErrorOptions {
   cause?: unknown;
@@ -195,3 +207,10 @@ export class ClosedError extends BeetleError {
 }
 
 export const isBeetleError = (value: unknown): value is BeetleError => value instanceof BeetleError;
+
+/** A state Beetle does not expect (a bug, or a seam implementation that breaks its contract). */
+export class InvariantError extends BeetleError {
+  constructor(message: string, options: BeetleErrorOptions = {}) {
+    super('internal', message, options);
+  }
+}

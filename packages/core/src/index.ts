@@ -9,6 +9,7 @@ export {
   ClosedError,
   ConfigurationError,
   InvalidPublishError,
+  InvariantError,
   MessageDecodingError,
   NoMessageSentError,
   NoRedisMasterError,
