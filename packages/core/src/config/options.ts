@@ -1,7 +1,8 @@
 /**
  * The option table: the single source of truth for names, Ruby names, environment variables, types, defaults,
  * units and descriptions. Defaults and units are Ruby Beetle 6.x's (durations in seconds, `deadLetteringMsgTtl` in
- * milliseconds), so a Beetle YAML file means the same thing here.
+ * milliseconds), so a Beetle YAML file means the same thing here. Longer than 400 lines on purpose: one entry
+ * per option, in one place.
  */
 
 /** Per-server overrides (Ruby `server_connection_options`, keyed by the exact `host:port` server string). */

@@ -43,8 +43,8 @@ export function parseServerList(value: string | readonly string[]): string[] {
 }
 
 /**
- * Splits `host`, `host:port` or `[ipv6]:port` (port defaults to 5672, as in Ruby). Throws a plain `Error`
- * describing the problem; callers wrap it with the key at fault.
+ * Splits `host`, `host:port` or `[ipv6]:port` (port defaults to 5672, as in Ruby). Throws a
+ * `ConfigurationError` describing the problem; the configuration's validation rethrows it with the key at fault.
  */
 export function parseServerAddress(server: string): { host: string; port: number } {
   const match = /^(?:\[([^\]\s]+)\]|([^\s:,[\]]+))(?::(\d+))?$/.exec(server);
@@ -55,10 +55,12 @@ export function parseServerAddress(server: string): { host: string; port: number
     const hint = /^[a-z][a-z0-9+.-]*:\/\//i.test(server)
       ? ' (not a URL: credentials and TLS go into server_connection_options)'
       : '';
-    throw new Error(`invalid server ${shown}: expected "host:port"${hint}`);
+    throw new ConfigurationError(`invalid server ${shown}: expected "host:port"${hint}`);
   }
   const port = match[3] === undefined ? DEFAULT_AMQP_PORT : Number(match[3]);
-  if (port < 1 || port > 65535) throw new Error(`invalid port in server ${JSON.stringify(server)}`);
+  if (port < 1 || port > 65535) {
+    throw new ConfigurationError(`invalid port in server ${JSON.stringify(server)}`);
+  }
   return { host, port };
 }
 
