@@ -71,3 +71,13 @@ export { silentLogger, type LogFn, type Logger } from './logger.js';
 export type { MessageRef } from './dedup/keys.js';
 export type * from './dedup/store.js';
 export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';
+export type {
+  CopyObservation,
+  DeliveryInfo,
+  DeliveryObservation,
+  DeliveryResult,
+  PublishInfo,
+  PublishObservation,
+  PublishResult,
+  Telemetry,
+} from './telemetry.js';

@@ -1,0 +1,1 @@
+export { TRACER_NAME, otelTelemetry, type OtelTelemetryOptions } from './tracing.js';

@@ -1,0 +1,1 @@
+export { BeetleMetrics, beetleMetrics, type BeetleMetricsOptions, type WatchTargets } from './metrics.js';
