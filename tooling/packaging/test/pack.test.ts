@@ -74,7 +74,13 @@ beforeAll(() => {
   writeFileSync(
     join(project, 'package.json'),
     JSON.stringify(
-      { name: 'beetle-consumer', private: true, dependencies, overrides: dependencies },
+      {
+        name: 'beetle-consumer',
+        private: true,
+        // With the optional peers of @beetle/telemetry's entry points, as their users install them.
+        dependencies: { ...dependencies, '@opentelemetry/api': '1.9.0', 'prom-client': '15.1.3' },
+        overrides: dependencies,
+      },
       null,
       2,
     ),
