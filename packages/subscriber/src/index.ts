@@ -14,18 +14,12 @@ export type {
   UndecodedMessage,
 } from './handler.js';
 export { isRetriable, resolveHandler } from './handler.js';
-export { OnceSettler, processDelivery, replyBody } from './processing.js';
-export type {
-  AbandonedRun,
-  CopyKnowledge,
-  DeliverySettler,
-  ProcessParams,
-  ProcessResult,
-  RejectReason,
-  SettleState,
-} from './processing.js';
-export { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
-export { defaultQueueSetup } from './broker.js';
+export { processDelivery } from './processing.js';
+export { OnceSettler, replyBody } from './settle.js';
+export type { AbandonedRun, CopyKnowledge, ProcessParams, ProcessResult } from './processing.js';
+export type { DeliverySettler, RejectReason, SettleState } from './settle.js';
+export { ConsumerCancelledError, HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
+export { defaultQueueSetup } from './broker-seam.js';
 export type {
   ConsumerConnection,
   Delivery,
@@ -33,7 +27,7 @@ export type {
   QueueSetupResult,
   SubscriberChannel,
   SubscriberPool,
-} from './broker.js';
+} from './broker-seam.js';
 export type {
   AbandonedEvent,
   BrokerDisconnectedEvent,

@@ -546,7 +546,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       await flush();
       // With one slot `other` waits for it; otherwise it runs alongside.
       expect(runs).toEqual(concurrency === 1 ? ['twice'] : ['twice', 'other']);
-      expect((sub as unknown as { copies: { size: number } }).copies.size).toBe(2); // 'twice' and 'other'
+      expect((sub as unknown as { deliveries: { copies: { size: number } } }).deliveries.copies.size).toBe(2); // 'twice' and 'other'
       expect(channelB.acked).toEqual(concurrency === 1 ? [] : [other]);
       expect(channelB.rejected).toEqual([]);
       while (gates.length > 0) {
@@ -564,7 +564,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       expect(store.size).toBe(0);
       expect(clock.pendingTimers).toBe(0);
       // The in-flight map only holds refs in flight: empty again.
-      expect((sub as unknown as { copies: { size: number } }).copies.size).toBe(0);
+      expect((sub as unknown as { deliveries: { copies: { size: number } } }).deliveries.copies.size).toBe(0);
       await sub.stop();
     },
   );
@@ -834,7 +834,8 @@ describe('Subscriber: many concurrent handlers', () => {
       for (let i = 0; i < 50; i++) pool.channel(i % 2 === 0 ? A : B).deliver('orders', i, id());
       await flush();
       expect(gates).toHaveLength(50);
-      const stopSignal = (sub as unknown as { stopController: AbortController }).stopController.signal;
+      const stopSignal = (sub as unknown as { deliveries: { stopController: AbortController } }).deliveries
+        .stopController.signal;
       expect(getEventListeners(stopSignal, 'abort')).toHaveLength(1);
       for (const gate of gates.splice(0)) gate();
       await flush();
