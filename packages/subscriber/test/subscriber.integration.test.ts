@@ -4,7 +4,7 @@ import { freePort, startRedis, type ServiceHandle } from '@beetle/test-services'
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { Deliveries } from '../src/delivery.js';
 import { Socket } from 'node:net';
-import type { Delivery } from '@beetle/subscriber';
+import type { Delivery } from '@beetle/broker-amqp';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   deleteQueues,

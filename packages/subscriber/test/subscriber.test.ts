@@ -11,9 +11,9 @@ import {
   type QueueDefinition,
 } from '@beetle/core';
 import { type EncodeOptions } from '@beetle/core/kit';
+import type { Delivery } from '@beetle/broker-amqp';
 import {
   Subscriber,
-  type Delivery,
   type ProcessedEvent,
   type SubscriberChannel,
   type SubscriberErrorEvent,
