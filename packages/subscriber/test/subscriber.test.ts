@@ -477,6 +477,36 @@ describe('Subscriber: stop', () => {
     expect(store.size).toBe(0);
   });
 
+  it('a slot freed while the consumers are being cancelled is not given to a delivery waiting for one', async () => {
+    const sub = subscriber({ subscriberConcurrency: 1 });
+    let release!: () => void;
+    const started: string[] = [];
+    sub.register('orders', async (m) => {
+      started.push(m.text());
+      if (m.text() === 'first') await new Promise<void>((resolve) => (release = resolve));
+    });
+    await sub.listen();
+    const channel = pool.channel(A);
+    const first = channel.deliver('orders', 'first', id());
+    channel.deliver('orders', 'waiting', id());
+    await flush();
+    // basic.cancel takes its time: the running handler finishes meanwhile.
+    const cancels: (() => void)[] = [];
+    for (const c of [channel, pool.channel(B)]) {
+      c.cancel = () => new Promise<void>((resolve) => cancels.push(resolve));
+    }
+    const stopping = sub.stop({ timeout: 10 });
+    await flush();
+    release();
+    await flush();
+    expect(started).toEqual(['first']);
+    for (const done of cancels) done();
+    expect(await stopping).toEqual({ abandoned: 0 });
+    expect(started).toEqual(['first']);
+    expect(channel.acked).toEqual([first]);
+    expect(channel.rejected).toEqual([]);
+  });
+
   it('abandons handlers still running at the deadline: signal aborted, delivery unsettled, then closes', async () => {
     const sub = subscriber();
     let signal: AbortSignal | undefined;
