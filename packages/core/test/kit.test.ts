@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DeadlineSweeper, Lazy, Memo, type Clock } from '@beetle/core/kit';
+import { DeadlineSweeper, Lazy, Memo, Slots, type Clock } from '@beetle/core/kit';
 
 /** Time moves only with `advance`, which fires the due timers in order. */
 class ManualClock implements Clock {
@@ -93,6 +93,22 @@ describe('DeadlineSweeper', () => {
   });
 });
 
+describe('DeadlineSweeper.items', () => {
+  it('lists the items watched, in the order added, without those deleted or expired', () => {
+    const clock = new ManualClock();
+    const sweeper = new DeadlineSweeper<string>({ periodMs: 10, clock, onExpired: () => undefined });
+    sweeper.add('a', clock.ms + 100);
+    sweeper.add('b', clock.ms + 5);
+    sweeper.add('c', clock.ms + 100);
+    sweeper.delete('c');
+    clock.advance(10);
+    expect([...sweeper.items()]).toEqual(['a']);
+    sweeper.clear();
+    expect([...sweeper.items()]).toEqual([]);
+    expect(clock.pending).toBe(0);
+  });
+});
+
 describe('Lazy', () => {
   it('shares one promise between callers and remembers the value', async () => {
     let made = 0;
@@ -127,5 +143,51 @@ describe('Memo', () => {
     memo.clear();
     expect(memo.isDone('x')).toBe(false);
     expect(await memo.run('x', work)).toBe(3);
+  });
+});
+
+describe('Slots', () => {
+  it('gives free slots at once, then passes each released slot to the oldest waiter', async () => {
+    const slots = new Slots(2);
+    expect([slots.tryAcquire(), slots.tryAcquire(), slots.tryAcquire()]).toEqual([true, true, false]);
+    const order: string[] = [];
+    const first = slots.acquire().then((granted) => order.push(`first:${granted}`));
+    const second = slots.acquire(60_000).then((granted) => order.push(`second:${granted}`));
+    expect(slots.waiting).toBe(2);
+    expect(slots.tryAcquire()).toBe(false); // nobody jumps the line
+    slots.release();
+    await first;
+    expect(order).toEqual(['first:true']);
+    slots.release();
+    await second;
+    expect(order).toEqual(['first:true', 'second:true']);
+    expect([slots.inUse, slots.waiting]).toEqual([2, 0]);
+    slots.release();
+    slots.release();
+    expect(slots.inUse).toBe(0);
+  });
+
+  it('a waiter with a timeout gets false when no slot came in time; one without waits', async () => {
+    const slots = new Slots(1);
+    expect(slots.tryAcquire()).toBe(true);
+    const untimed = slots.acquire();
+    expect(await slots.acquire(5)).toBe(false);
+    expect(slots.waiting).toBe(1);
+    slots.release();
+    expect(await untimed).toBe(true);
+  });
+
+  it('close: the waiters and every later caller get false, releases still free their slot', async () => {
+    const slots = new Slots(1);
+    expect(slots.tryAcquire()).toBe(true);
+    const waiting = [slots.acquire(), slots.acquire(60_000)];
+    slots.close();
+    expect(await Promise.all(waiting)).toEqual([false, false]);
+    expect(slots.waiting).toBe(0);
+    expect(slots.tryAcquire()).toBe(false);
+    expect(await slots.acquire()).toBe(false);
+    slots.release();
+    expect(slots.inUse).toBe(0);
+    expect(slots.tryAcquire()).toBe(false);
   });
 });

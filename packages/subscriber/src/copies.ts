@@ -1,26 +1,7 @@
 /**
- * What this process knows about the copies of a message (the two copies of a redundant message, or a
- * redelivery) that reach it, so that a copy need not ask the store what an earlier copy here already learnt.
- *
- * - Copies of one message line up: a copy arriving while another is in flight waits for it instead of being
- *   rejected with `HandlerNotYetTimedOut` and requeued after `rejectRequeueDelay`.
- * - When a copy ends with the message completed in the store and its delivery acked, the next copy knows the
- *   store says `completed`: it skips the claim (what the claim would answer is known) and is acked. If that
- *   copy is already waiting, the first copy also hands it its ack count, and both acks are recorded in one
- *   store call after both deliveries were acked. A redundant message whose copies meet in one process thus
- *   costs 3 store calls (claim, complete, acknowledged) instead of 5.
- * - A copy arriving shortly after an earlier copy has left finds the message in a small bounded memory of
- *   recent completions and also skips the claim.
- * - The first copy here of a redundant message does not record its ack at once: the other copy usually comes
- *   to this process too, soon (a subscriber consumes every broker). Its ack count is held for up to
- *   `HOLD_MS` and handed to that copy, which records both acks in one call (a plain DEL of the keys). Held
- *   counts not taken by then are recorded on their own (`takeDueHeld`), as on stop.
- *
- * Knowing "completed" is safe: a completed status only disappears when the keys are deleted (both acks
- * counted, or garbage collection after `expires_at`), and in both cases asking the store would be worse: it
- * would report a first sighting and run the handler again. Deferring an ack count to a later copy keeps
- * Ruby's order (the count is recorded after the ack); if this process dies first the keys stay until the
- * garbage collector removes them, which is also what Ruby leaves when it dies between ack and count.
+ * What this process knows about the copies of a message that reach it (the two copies of a redundant
+ * message, or a redelivery): their line, recent completions and held ack counts. Why and how: the README,
+ * "Copies of a message in this process".
  */
 import type { MessageRef } from '@beetle/core';
 

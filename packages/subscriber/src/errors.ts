@@ -17,3 +17,18 @@ export class SubscriberStoppedError extends BeetleError {
     super('closed', message);
   }
 }
+
+/**
+ * The broker cancelled the consumer of a queue (basic.cancel, e.g. the queue was deleted). Reported in an
+ * `error` event (phase `consume`); the subscriber sets the queue up again and consumes it again.
+ */
+export class ConsumerCancelledError extends BeetleError {
+  constructor(
+    readonly server: string,
+    /** Registered (logical) queue name. */
+    readonly queue: string,
+    amqpName: string,
+  ) {
+    super('broker-closed', `consumer of ${amqpName} on ${server} cancelled by the broker (queue deleted?)`);
+  }
+}

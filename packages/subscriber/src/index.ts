@@ -1,5 +1,20 @@
-export { Subscriber } from './subscriber.js';
-export type { BrokerState, BrokerStatus, StopOptions, StopResult, SubscriberOptions } from './subscriber.js';
+/**
+ * `@beetle/subscriber`: what applications compose with. The subscriber, its handlers and events; the state
+ * machine for custom pipelines (`processDelivery` with its params, result and seams); the broker seam for
+ * custom connections and queue setup.
+ */
+export { Subscriber, type StopOptions, type StopResult, type SubscriberOptions } from './subscriber.js';
+export type { BrokerState, BrokerStatus } from './broker-consumer.js';
+export type {
+  AbandonedEvent,
+  BrokerDisconnectedEvent,
+  BrokerEvent,
+  ProcessedEvent,
+  SubscriberErrorEvent,
+  SubscriberEvents,
+} from './events.js';
+
+// Handlers.
 export type {
   AnyMessage,
   ErrorClass,
@@ -13,32 +28,24 @@ export type {
   RetryOn,
   UndecodedMessage,
 } from './handler.js';
-export { isRetriable, resolveHandler } from './handler.js';
-export { OnceSettler, processDelivery, replyBody } from './processing.js';
-export type {
-  AbandonedRun,
-  CopyKnowledge,
-  DeliverySettler,
-  ProcessParams,
-  ProcessResult,
-  RejectReason,
-  SettleState,
+export { ConsumerCancelledError, HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
+
+// Custom pipelines: the state machine for one delivery (`resolveHandler` makes its `handler` parameter).
+export { resolveHandler } from './handler.js';
+export {
+  processDelivery,
+  type AbandonedRun,
+  type CopyKnowledge,
+  type ProcessParams,
+  type ProcessResult,
 } from './processing.js';
-export { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
-export { defaultQueueSetup } from './broker.js';
+export type { DeliverySettler, RejectReason, SettleState } from './settle.js';
+
+// The broker seam: connections and queue setup (`BrokerPool` and `setupQueue` of `@beetle/broker-amqp` fit).
 export type {
   ConsumerConnection,
-  Delivery,
   QueueSetup,
   QueueSetupResult,
   SubscriberChannel,
   SubscriberPool,
-} from './broker.js';
-export type {
-  AbandonedEvent,
-  BrokerDisconnectedEvent,
-  BrokerEvent,
-  ProcessedEvent,
-  SubscriberErrorEvent,
-  SubscriberEvents,
-} from './events.js';
+} from './broker-seam.js';

@@ -1,14 +1,21 @@
+// Over 400 lines: `processDelivery`'s public contract (params, result, copy knowledge) sits with the machine.
+/**
+ * Beetle's processing state machine for one delivery (Ruby's `Message#process`), step for step, with the
+ * handler hooks in Ruby's order. The broker is behind `DeliverySettler`, other copies of the message behind
+ * `CopyKnowledge`, the handler run behind `runHandler`. Outside this file only `delivery.ts` calls the store,
+ * for what outlives a delivery: ack counts handed over between copies, and abandoned runs.
+ */
 import {
+  ClosedError,
+  InvariantError,
   Outcome,
   isFailureOutcome,
   isRejectOutcome,
   silentLogger,
-  type BeetleMessage,
   type DecodeResult,
   type DedupStore,
   type DeliverySource,
   type Logger,
-  type MessageDecodingError,
   type MessageRef,
   type RawDelivery,
 } from '@beetle/core';
@@ -17,93 +24,26 @@ import {
   decodeMessage,
   isExpired,
   isSimple,
-  ownHeaders,
   systemClock,
   TIMEOUT_GRACE_PERIOD,
   timeoutAt,
-  type TimerHandle,
 } from '@beetle/core/kit';
-import { HandlerTimeoutError, SubscriberStoppedError } from './errors.js';
 import {
   isRetriable,
   type AnyMessage,
-  type HandlerContext,
   type HandlerMessage,
   type ResolvedHandler,
   type UndecodedMessage,
 } from './handler.js';
-
-/**
- * How the state machine settles its delivery on the broker. Implemented by the consumer over a channel; in
- * unit tests by a recorder.
- */
-export interface DeliverySettler {
-  /** basic.ack; false when it cannot reach the broker (channel gone): the broker will redeliver. */
-  ack(): boolean;
-  /**
-   * Hands the delivery back: reject to the dead letter queue, or requeue (after the requeue delay). `reason`
-   * says why, so that the settler can pace copies of a message that is not ready yet (see `RejectReason`).
-   */
-  reject(reason?: RejectReason): void;
-  /** Publishes an RPC reply (exchange `""`, routing key `replyTo`, not persistent, no Beetle headers). */
-  reply(replyTo: string, body: Buffer, headers: { readonly status: 'OK' | 'FAILED' }): Promise<void>;
-}
-
-export type SettleState = 'pending' | 'acked' | 'rejected';
-
-/** Why a delivery is handed back. */
-export interface RejectReason {
-  readonly outcome: Outcome;
-  /**
-   * Unix seconds from which the message is ready again, when the store says: the retry time for `Delayed`,
-   * the time the running handler counts as timed out for `HandlerNotYetTimedOut`.
-   */
-  readonly readyAt: number | undefined;
-}
-
-/**
- * Settles a delivery exactly once: a second ack, or a reject after an ack, is refused and logged (Ruby
- * rejects already-acked deliveries after store errors, weak spot 3, which closes the channel).
- */
-export class OnceSettler {
-  private current: SettleState = 'pending';
-
-  constructor(
-    private readonly inner: DeliverySettler,
-    private readonly logger: Logger = silentLogger,
-    private readonly context: object = {},
-  ) {}
-
-  get state(): SettleState {
-    return this.current;
-  }
-
-  /** Whether the ack was sent (false if already settled or the channel is gone). */
-  ack(): boolean {
-    if (this.current !== 'pending') {
-      this.logger.error(
-        { ...this.context, state: this.current },
-        'refusing to ack a delivery already settled',
-      );
-      return false;
-    }
-    this.current = 'acked';
-    return this.inner.ack();
-  }
-
-  reject(reason?: RejectReason): boolean {
-    if (this.current !== 'pending') {
-      this.logger.error(
-        { ...this.context, state: this.current },
-        'refusing to reject a delivery already settled',
-      );
-      return false;
-    }
-    this.current = 'rejected';
-    this.inner.reject(reason);
-    return true;
-  }
-}
+import {
+  handlerMessage,
+  runHandler,
+  undecodedMessage,
+  type MutableHandlerMessage,
+  type RunOwner,
+  type RunResult,
+} from './handler-run.js';
+import { OnceSettler, replyBody, type DeliverySettler, type SettleState } from './settle.js';
 
 export interface ProcessParams {
   readonly delivery: RawDelivery;
@@ -176,180 +116,20 @@ export interface ProcessResult {
   readonly handlerResult: unknown;
 }
 
-/** Ruby's `handler_result.to_s`: buffers verbatim, `null`/`undefined` as empty, anything else `String()`. */
-export function replyBody(result: unknown): Buffer {
-  if (Buffer.isBuffer(result)) return result;
-  if (result instanceof Uint8Array) return Buffer.from(result);
-  if (result === undefined || result === null) return Buffer.alloc(0);
-  return Buffer.from(typeof result === 'string' ? result : String(result as string), 'utf8');
-}
-
 /**
- * Runs one delivery through Beetle's processing state machine (reference §4.4, step for step) and the
- * handler hooks in Ruby's order (§1.3). Never throws: anything escaping becomes `InternalError`.
+ * Runs one delivery through Beetle's processing state machine (Ruby's `process_internal`, step for step) and
+ * the handler hooks in Ruby's order. Never throws: anything escaping becomes `InternalError`.
  */
 export function processDelivery(params: ProcessParams): Promise<ProcessResult> {
   return new Processing(params).run();
 }
 
-type MutableHandlerMessage = Omit<HandlerMessage, 'attempt'> & { attempt: number };
-
-type RunResult =
-  | { readonly kind: 'ok'; readonly value: unknown }
-  | { readonly kind: 'error'; readonly error: unknown }
-  | { readonly kind: 'abandoned' };
-
-/** Node fires longer timers after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-function handlerMessage(m: BeetleMessage): MutableHandlerMessage {
-  return {
-    decoded: true,
-    attempt: 0,
-    uuid: m.uuid,
-    timestamp: m.timestamp,
-    formatVersion: m.formatVersion,
-    flags: m.flags,
-    redundant: m.redundant,
-    expiresAt: m.expiresAt,
-    headers: m.headers,
-    body: m.body,
-    routingKey: m.routingKey,
-    exchange: m.exchange,
-    redelivered: m.redelivered,
-    deliveryCount: m.deliveryCount,
-    replyTo: m.replyTo,
-    queue: m.queue,
-    server: m.server,
-    // Bound methods rather than arrow closures: callable detached as before, and much cheaper to create where
-    // functions get their names set at runtime (esbuild's keepNames, as under tsx: ~1 us per closure pair).
-    text: m.text.bind(m),
-    json: m.json.bind(m),
-  };
-}
-
-function undecodedMessage(
-  delivery: RawDelivery,
-  source: DeliverySource,
-  error: MessageDecodingError,
-): UndecodedMessage {
-  const { messageId, headers } = delivery.properties;
-  return {
-    decoded: false,
-    queue: source.queue,
-    server: source.server,
-    uuid: typeof messageId === 'string' ? messageId : undefined,
-    body: delivery.content,
-    routingKey: delivery.fields.routingKey,
-    redelivered: delivery.fields.redelivered,
-    headers: typeof headers === 'object' && headers !== null ? ownHeaders(headers) : undefined,
-    delivery,
-    error,
-  };
-}
-
-/**
- * The handler runs listening on each stop signal. One 'abort' listener per signal serves all its runs:
- * adding and removing an EventTarget listener for every handler run cost more than the run's other
- * bookkeeping together.
- */
-const runsByStopSignal = new WeakMap<AbortSignal, Set<HandlerRun>>();
-
-function watchStop(signal: AbortSignal, run: HandlerRun): void {
-  let runs = runsByStopSignal.get(signal);
-  if (runs === undefined) {
-    const watched = new Set<HandlerRun>();
-    runs = watched;
-    runsByStopSignal.set(signal, watched);
-    signal.addEventListener(
-      'abort',
-      () => {
-        for (const stopped of [...watched]) stopped.stop();
-      },
-      { once: true },
-    );
-  }
-  runs.add(run);
-}
-
-/**
- * The state of one handler run: settles it once (result, timeout or forced stop) and is the stop signal's
- * watcher. Its abort signal is created on first use: most handlers never look at it, and an
- * `AbortController` per delivery is costly. Aborting before the handler asked for the signal aborts it as
- * soon as it is created, with the same reason, so the handler cannot tell the difference.
- */
-class HandlerRun {
-  timer: TimerHandle;
-  private done = false;
-  private controller: AbortController | undefined;
-  private aborted = false;
-  private reason: unknown;
-
-  constructor(
-    private readonly clock: Clock,
-    private readonly stopSignal: AbortSignal | undefined,
-    private readonly resolve: (result: RunResult) => void,
-  ) {}
-
-  get signal(): AbortSignal {
-    if (this.controller === undefined) {
-      this.controller = new AbortController();
-      if (this.aborted) this.controller.abort(this.reason);
-    }
-    return this.controller.signal;
-  }
-
-  abort(reason: unknown): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reason = reason;
-    this.controller?.abort(reason);
-  }
-
-  /** Settles the run; false if it was settled already. */
-  finish(result: RunResult): boolean {
-    if (this.done) return false;
-    this.done = true;
-    this.clock.clearTimeout(this.timer);
-    if (this.stopSignal !== undefined) runsByStopSignal.get(this.stopSignal)?.delete(this);
-    this.resolve(result);
-    return true;
-  }
-
-  /** The stop signal fired (forced stop): the delivery is abandoned. */
-  stop(): void {
-    if (this.finish({ kind: 'abandoned' })) this.abort(new SubscriberStoppedError());
-  }
-}
-
-/** What a handler gets besides the message (a class: cheaper to create than a literal with a getter). */
-class RunContext implements HandlerContext {
-  readonly server: string;
-  readonly queue: string;
-
-  constructor(
-    private readonly run: HandlerRun,
-    readonly attempt: number,
-    source: DeliverySource,
-    readonly logger: Logger,
-  ) {
-    this.server = source.server;
-    this.queue = source.queue;
-  }
-
-  get signal(): AbortSignal {
-    return this.run.signal;
-  }
-}
-
-const isThenable = (value: unknown): value is PromiseLike<unknown> =>
-  typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
-
-class Processing {
-  private readonly clock: Clock;
-  private readonly logger: Logger;
+/** The processing of one delivery (the owner of its handler runs). */
+class Processing implements RunOwner {
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly context: Record<string, unknown>;
   private readonly settle: OnceSettler;
-  private readonly context: Record<string, unknown>;
   private message: MutableHandlerMessage | undefined;
   private undecoded: UndecodedMessage | undefined;
   /** The exception for the `error` hook (Ruby `@exception || @pre_exception`). */
@@ -485,7 +265,7 @@ class Processing {
     if (isSimple(message.redundant, policy)) {
       if (!this.settle.ack()) {
         // The broker will redeliver it: running it now could run it twice.
-        throw new Error('could not ack a simple message (channel closed); left for redelivery');
+        throw new ClosedError('could not ack a simple message (channel closed); left for redelivery');
       }
       if (!(await store.markCompletedIfNew(ref))) {
         this.logger.debug(this.context, 'duplicate of a recently completed message; handler not run');
@@ -493,7 +273,10 @@ class Processing {
       }
       const run = await this.runHandler(1);
       if (run.kind === 'abandoned') return undefined;
-      if (run.kind === 'ok') return Outcome.OK;
+      if (run.kind === 'ok') {
+        this.handlerResult = run.value;
+        return Outcome.OK;
+      }
       this.exception = { error: run.error };
       return Outcome.AttemptsLimitReached;
     }
@@ -561,6 +344,7 @@ class Processing {
     // Written with the completion: keys recreated after a garbage collection stay collectable.
     const expiresAt = this.message?.expiresAt;
     if (run.kind === 'ok') {
+      this.handlerResult = run.value;
       await store.complete(ref, { expiresAt });
       await this.ackAndForget(ref);
       return Outcome.OK;
@@ -616,60 +400,15 @@ class Processing {
     }
   }
 
-  /** Runs the handler with its timeout. JS cannot pre-empt: at the timeout the signal aborts, late results are ignored. */
+  /** Runs the handler for `attempt` (see `runHandler`); `abandoned` at once after a forced stop. */
   private runHandler(attempt: number): Promise<RunResult> {
     const message = this.message;
-    if (message === undefined) throw new Error('runHandler without a decoded message');
+    if (message === undefined) throw new InvariantError('runHandler without a decoded message');
     const { handler, stopSignal, source } = this.params;
     if (stopSignal?.aborted) return Promise.resolve({ kind: 'abandoned' });
     message.attempt = attempt;
     this.handlerCalled = true;
-    const timeoutSeconds = handler.policy.timeout;
-    return new Promise<RunResult>((resolve) => {
-      const run = new HandlerRun(this.clock, stopSignal, resolve);
-      run.timer = this.clock.setTimeout(
-        () => {
-          const error = new HandlerTimeoutError(timeoutSeconds, source.queue, message.uuid);
-          if (run.finish({ kind: 'error', error })) {
-            this.logger.warn({ ...this.context, attempt }, error.message);
-            run.abort(error);
-          }
-        },
-        Math.min(timeoutSeconds * 1000, MAX_TIMER_MS),
-      );
-      if (stopSignal !== undefined) watchStop(stopSignal, run);
-      // Called directly (no promise for a handler that returns a plain value); a throw counts as a failure.
-      let result: unknown;
-      try {
-        result = handler.process(message, new RunContext(run, attempt, source, this.logger));
-      } catch (error) {
-        this.handlerFailed(run, attempt, error);
-        return;
-      }
-      if (isThenable(result)) {
-        try {
-          result.then(
-            (value) => this.handlerSucceeded(run, attempt, value),
-            (error: unknown) => this.handlerFailed(run, attempt, error),
-          );
-        } catch (error) {
-          this.handlerFailed(run, attempt, error); // a thenable whose then() throws
-        }
-      } else {
-        this.handlerSucceeded(run, attempt, result);
-      }
-    });
-  }
-
-  private handlerSucceeded(run: HandlerRun, attempt: number, value: unknown): void {
-    if (run.finish({ kind: 'ok', value })) this.handlerResult = value;
-    else this.logger.warn({ ...this.context, attempt }, 'handler finished after its timeout; result ignored');
-  }
-
-  private handlerFailed(run: HandlerRun, attempt: number, error: unknown): void {
-    if (!run.finish({ kind: 'error', error })) {
-      this.logger.warn({ ...this.context, attempt, err: error }, 'handler failed after its timeout; ignored');
-    }
+    return runHandler(this, handler, message, source, stopSignal);
   }
 
   /** Where the RPC reply goes; undefined when the message wants none. */

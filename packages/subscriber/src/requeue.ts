@@ -14,7 +14,16 @@
  * Holding costs one prefetch slot for the hold; see the subscriber README for when that is paid.
  */
 import { Outcome } from '@beetle/core';
-import type { RejectReason } from './processing.js';
+
+/** Why a delivery is handed back (what its settler gets, to pace copies of a message that is not ready). */
+export interface RejectReason {
+  readonly outcome: Outcome;
+  /**
+   * Unix seconds from which the message is ready again, when the store says: the retry time for `Delayed`,
+   * the time the running handler counts as timed out for `HandlerNotYetTimedOut`.
+   */
+  readonly readyAt: number | undefined;
+}
 
 /** At most this many messages are paced; the least recently seen is forgotten first. */
 export const MAX_PACED_MESSAGES = 10_000;

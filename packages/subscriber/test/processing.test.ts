@@ -12,9 +12,7 @@ import {
 import { type EncodeOptions } from '@beetle/core/kit';
 import {
   HandlerTimeoutError,
-  OnceSettler,
   processDelivery,
-  replyBody,
   resolveHandler,
   type AnyMessage,
   type CopyKnowledge,
@@ -26,6 +24,7 @@ import {
   type ProcessResult,
 } from '@beetle/subscriber';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { OnceSettler, replyBody } from '../src/settle.js';
 import { FakeClock, SettleRecorder, flush, rawDelivery, recordingStore } from './helpers.js';
 
 const QUEUE = 'q';

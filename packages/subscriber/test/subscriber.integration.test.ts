@@ -2,8 +2,9 @@ import { Outcome, Topology, createConfig, type BeetleConfigInput, type DedupStor
 import { RedisDedupStore, type RedisDedupStoreOptions } from '@beetle/dedup-redis';
 import { freePort, startRedis, type ServiceHandle } from '@beetle/test-services';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
+import { Deliveries } from '../src/delivery.js';
 import { Socket } from 'node:net';
-import type { Delivery } from '@beetle/subscriber';
+import type { Delivery } from '@beetle/broker-amqp';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   deleteQueues,
@@ -91,7 +92,7 @@ describe('Subscriber against real brokers and Redis', () => {
     const redisPort = portOf(redisServer);
     // Each delivery's tag on its broker, from the subscriber's entry point.
     const tagsOf = new Map<string, string[]>(); // uuid -> ["port/tag", ...]
-    const proto = Subscriber.prototype as unknown as Record<'onDelivery', (...args: unknown[]) => void>;
+    const proto = Deliveries.prototype as unknown as Record<'onDelivery', (...args: unknown[]) => void>;
     const originalOnDelivery = proto.onDelivery;
     proto.onDelivery = function (this: unknown, ...args: unknown[]) {
       const [server, , , delivery] = args as [string, unknown, unknown, Delivery];

@@ -11,9 +11,9 @@ import {
   type QueueDefinition,
 } from '@beetle/core';
 import { type EncodeOptions } from '@beetle/core/kit';
+import type { Delivery } from '@beetle/broker-amqp';
 import {
   Subscriber,
-  type Delivery,
   type ProcessedEvent,
   type SubscriberChannel,
   type SubscriberErrorEvent,
@@ -477,6 +477,36 @@ describe('Subscriber: stop', () => {
     expect(store.size).toBe(0);
   });
 
+  it('a slot freed while the consumers are being cancelled is not given to a delivery waiting for one', async () => {
+    const sub = subscriber({ subscriberConcurrency: 1 });
+    let release!: () => void;
+    const started: string[] = [];
+    sub.register('orders', async (m) => {
+      started.push(m.text());
+      if (m.text() === 'first') await new Promise<void>((resolve) => (release = resolve));
+    });
+    await sub.listen();
+    const channel = pool.channel(A);
+    const first = channel.deliver('orders', 'first', id());
+    channel.deliver('orders', 'waiting', id());
+    await flush();
+    // basic.cancel takes its time: the running handler finishes meanwhile.
+    const cancels: (() => void)[] = [];
+    for (const c of [channel, pool.channel(B)]) {
+      c.cancel = () => new Promise<void>((resolve) => cancels.push(resolve));
+    }
+    const stopping = sub.stop({ timeout: 10 });
+    await flush();
+    release();
+    await flush();
+    expect(started).toEqual(['first']);
+    for (const done of cancels) done();
+    expect(await stopping).toEqual({ abandoned: 0 });
+    expect(started).toEqual(['first']);
+    expect(channel.acked).toEqual([first]);
+    expect(channel.rejected).toEqual([]);
+  });
+
   it('abandons handlers still running at the deadline: signal aborted, delivery unsettled, then closes', async () => {
     const sub = subscriber();
     let signal: AbortSignal | undefined;
@@ -546,7 +576,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       await flush();
       // With one slot `other` waits for it; otherwise it runs alongside.
       expect(runs).toEqual(concurrency === 1 ? ['twice'] : ['twice', 'other']);
-      expect((sub as unknown as { copies: { size: number } }).copies.size).toBe(2); // 'twice' and 'other'
+      expect((sub as unknown as { deliveries: { copies: { size: number } } }).deliveries.copies.size).toBe(2); // 'twice' and 'other'
       expect(channelB.acked).toEqual(concurrency === 1 ? [] : [other]);
       expect(channelB.rejected).toEqual([]);
       while (gates.length > 0) {
@@ -564,7 +594,7 @@ describe('Subscriber: copies of a message in flight in this process', () => {
       expect(store.size).toBe(0);
       expect(clock.pendingTimers).toBe(0);
       // The in-flight map only holds refs in flight: empty again.
-      expect((sub as unknown as { copies: { size: number } }).copies.size).toBe(0);
+      expect((sub as unknown as { deliveries: { copies: { size: number } } }).deliveries.copies.size).toBe(0);
       await sub.stop();
     },
   );
@@ -834,7 +864,8 @@ describe('Subscriber: many concurrent handlers', () => {
       for (let i = 0; i < 50; i++) pool.channel(i % 2 === 0 ? A : B).deliver('orders', i, id());
       await flush();
       expect(gates).toHaveLength(50);
-      const stopSignal = (sub as unknown as { stopController: AbortController }).stopController.signal;
+      const stopSignal = (sub as unknown as { deliveries: { stopController: AbortController } }).deliveries
+        .stopController.signal;
       expect(getEventListeners(stopSignal, 'abort')).toHaveLength(1);
       for (const gate of gates.splice(0)) gate();
       await flush();

@@ -38,6 +38,11 @@ export class DeadlineSweeper<T> {
     if (this.timer === undefined) this.arm();
   }
 
+  /** The items watched, in the order they were added (e.g. to end them all at a stop). */
+  items(): IterableIterator<T> {
+    return this.deadlines.keys();
+  }
+
   /** Stops watching `item`; whether it was watched. */
   delete(item: T): boolean {
     return this.deadlines.delete(item);

@@ -1,7 +1,7 @@
 /**
- * The subscriber's only contact with `@beetle/broker-amqp`: the connections per broker, queue setup and the
- * reconnect backoff. Kept small so the consumer logic does not depend on the broker layer's details, and so
- * tests can put fakes behind `SubscriberPool`.
+ * The subscriber's seam to `@beetle/broker-amqp`: the connections per broker and queue setup. Kept small so
+ * the consumer logic does not depend on the broker layer's details, and so tests can put fakes behind
+ * `SubscriberPool`. (The concrete `BrokerPool` is only the default, made in `Subscriber.listen`.)
  */
 import {
   setupQueue as brokerSetupQueue,
@@ -54,18 +54,5 @@ export function defaultQueueSetup(config: BeetleConfig, topology: Topology, logg
       once,
     });
     return result.policy === 'failed' ? { policyError: result.policyError } : {};
-  };
-}
-
-/** A per-connection memo for `QueueSetup`'s `once`: concurrent callers share the promise, failures are retried. */
-export function memo(): <T>(key: string, fn: () => Promise<T>) => Promise<T> {
-  const entries = new Map<string, Promise<unknown>>();
-  return <T>(key: string, fn: () => Promise<T>): Promise<T> => {
-    const existing = entries.get(key) as Promise<T> | undefined;
-    if (existing !== undefined) return existing;
-    const promise = fn();
-    entries.set(key, promise);
-    void promise.catch(() => entries.delete(key));
-    return promise;
   };
 }
