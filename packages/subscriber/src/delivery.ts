@@ -16,6 +16,8 @@ import {
   type Logger,
   type MessageRef,
   type QueueDefinition,
+  type DeliveryObservation,
+  type Telemetry,
 } from '@beetle/core';
 import {
   DeadlineSweeper,
@@ -29,7 +31,7 @@ import type { DeliverySink, SubscriberEmitter } from './broker-consumer.js';
 import type { Delivery, SubscriberChannel } from './broker-seam.js';
 import { LocalCopies, type CopyLine, type DueAcks } from './copies.js';
 import type { ResolvedHandler } from './handler.js';
-import { processDelivery, type AbandonedRun } from './processing.js';
+import { processDelivery, type AbandonedRun, type ProcessResult } from './processing.js';
 import { ChannelSettler, type Requeues } from './settle.js';
 
 /** How often waits for a copy in flight are checked against their bound, and held ack counts swept (ms). */
@@ -44,6 +46,7 @@ export interface DeliveriesOptions {
   readonly handlers: ReadonlyMap<string, ResolvedHandler>;
   readonly requeues: Requeues;
   readonly events: SubscriberEmitter;
+  readonly telemetry?: Telemetry | undefined;
 }
 
 /** A delivery waiting for the copy before it: how it is woken (`false`: stop), once. */
@@ -63,6 +66,7 @@ export class Deliveries implements DeliverySink {
   private readonly handlers: ReadonlyMap<string, ResolvedHandler>;
   private readonly requeues: Requeues;
   private readonly events: SubscriberEmitter;
+  private readonly telemetry: Telemetry | undefined;
   private stopping = false;
   /** Aborted at a forced stop: running handlers are abandoned. */
   private readonly stopController = new AbortController();
@@ -91,6 +95,7 @@ export class Deliveries implements DeliverySink {
     this.handlers = options.handlers;
     this.requeues = options.requeues;
     this.events = options.events;
+    this.telemetry = options.telemetry;
     this.slots = new Slots(this.config.subscriberConcurrency);
     this.copies = new LocalCopies(() => this.clock.nowMs());
     this.copyWaits = new DeadlineSweeper({
@@ -129,7 +134,8 @@ export class Deliveries implements DeliverySink {
       key === undefined || !decoded.ok
         ? undefined
         : this.copies.enter(key, { queue: queue.amqpName, uuid: decoded.message.uuid });
-    const tracked = this.run(server, channel, queue, delivery, decoded, line);
+    const observation = this.telemetry === undefined ? undefined : this.observe(server, queue, delivery);
+    const tracked = this.run(server, channel, queue, delivery, decoded, line, observation);
     this.inFlight.add(tracked);
     void tracked.finally(() => this.inFlight.delete(tracked));
   }
@@ -205,7 +211,9 @@ export class Deliveries implements DeliverySink {
     delivery: Delivery,
     decoded: DecodeResult,
     line: CopyLine | undefined,
+    observation: DeliveryObservation | undefined,
   ): Promise<void> {
+    let result: ProcessResult | undefined;
     try {
       try {
         // A copy of the same message is being processed here: wait for it (without holding a slot).
@@ -219,7 +227,7 @@ export class Deliveries implements DeliverySink {
         // A free slot is taken synchronously (no await); otherwise wait in line for one.
         if (!this.slots.tryAcquire() && !(await this.slots.acquire())) return;
         try {
-          await this.handle(server, channel, queue, delivery, decoded, line);
+          result = await this.handle(server, channel, queue, delivery, decoded, line, observation);
         } finally {
           this.slots.release();
         }
@@ -233,6 +241,47 @@ export class Deliveries implements DeliverySink {
     } catch (error) {
       this.logger.error({ err: error, server, queue: queue.name }, 'unexpected error handling a delivery');
     }
+    if (observation !== undefined) this.endObservation(observation, result);
+  }
+
+  /** Starts observing a delivery; a telemetry that throws is logged and the delivery goes on unobserved. */
+  private observe(
+    server: string,
+    queue: QueueDefinition,
+    delivery: Delivery,
+  ): DeliveryObservation | undefined {
+    try {
+      const { messageId, headers } = delivery.properties;
+      return this.telemetry?.delivery?.({
+        queue: queue.name,
+        amqpQueue: queue.amqpName,
+        server,
+        exchange: delivery.fields.exchange,
+        routingKey: delivery.fields.routingKey,
+        messageId: typeof messageId === 'string' ? messageId : undefined,
+        headers,
+        redelivered: delivery.fields.redelivered,
+        bodySize: delivery.content.length,
+      });
+    } catch (error) {
+      this.logger.error({ err: error, server, queue: queue.name }, 'telemetry observer threw; ignored');
+      return undefined;
+    }
+  }
+
+  /** Ends an observation with what became of the delivery (no result: it was left for redelivery). */
+  private endObservation(observation: DeliveryObservation, result: ProcessResult | undefined): void {
+    const handled = result?.handlerCalled === true;
+    try {
+      observation.end({
+        outcome: result?.outcome,
+        attempt: handled ? (result?.message?.attempt ?? 0) : 0,
+        duplicate: result?.outcome === Outcome.OK && !handled,
+        error: result?.error,
+      });
+    } catch (error) {
+      this.logger.error({ err: error }, 'telemetry observer threw; ignored');
+    }
   }
 
   private async handle(
@@ -242,7 +291,8 @@ export class Deliveries implements DeliverySink {
     delivery: Delivery,
     decoded: DecodeResult,
     copy: CopyLine | undefined,
-  ): Promise<void> {
+    observation: DeliveryObservation | undefined,
+  ): Promise<ProcessResult> {
     const handler = this.handlers.get(queue.name);
     if (handler === undefined) throw new InvariantError(`no handler for queue ${queue.name}`);
     const started = this.clock.nowMs();
@@ -257,6 +307,7 @@ export class Deliveries implements DeliverySink {
       stopSignal: this.stopController.signal,
       decoded,
       copy,
+      ...(observation === undefined ? {} : { observation }),
     });
     if (result.outcome === undefined) {
       if (result.abandonedRun !== undefined) {
@@ -265,7 +316,7 @@ export class Deliveries implements DeliverySink {
         void release.finally(() => this.releases.delete(release));
       }
       this.events.emit('abandoned', { message: result.message, queue: queue.name, server });
-      return;
+      return result;
     }
     this.events.emit('processed', {
       outcome: result.outcome,
@@ -279,6 +330,7 @@ export class Deliveries implements DeliverySink {
     if (result.outcome === Outcome.InternalError) {
       this.events.emit('error', { error: result.error, phase: 'processing', server, queue: queue.name });
     }
+    return result;
   }
 
   /**

@@ -14,6 +14,7 @@ import {
   silentLogger,
   type DecodeResult,
   type DedupStore,
+  type DeliveryObservation,
   type DeliverySource,
   type Logger,
   type MessageRef,
@@ -43,6 +44,7 @@ import {
   type RunOwner,
   type RunResult,
 } from './handler-run.js';
+import { observedStore } from './observed-store.js';
 import { OnceSettler, replyBody, type DeliverySettler, type SettleState } from './settle.js';
 
 export interface ProcessParams {
@@ -70,6 +72,11 @@ export interface ProcessParams {
    * of both copies in one store call.
    */
   readonly copy?: CopyKnowledge;
+  /**
+   * A telemetry's observation of this delivery (see `Telemetry.delivery`): store steps and the handler are
+   * reported to it, and the handler runs inside it. The caller ends it with the result.
+   */
+  readonly observation?: DeliveryObservation;
 }
 
 /**
@@ -130,6 +137,7 @@ class Processing implements RunOwner {
   readonly logger: Logger;
   readonly context: Record<string, unknown>;
   private readonly settle: OnceSettler;
+  private readonly store: DedupStore;
   private message: MutableHandlerMessage | undefined;
   private undecoded: UndecodedMessage | undefined;
   /** The exception for the `error` hook (Ruby `@exception || @pre_exception`). */
@@ -143,6 +151,10 @@ class Processing implements RunOwner {
   constructor(private readonly params: ProcessParams) {
     this.clock = params.clock ?? systemClock;
     this.logger = params.logger ?? silentLogger;
+    this.store =
+      params.observation === undefined
+        ? params.store
+        : observedStore(params.store, params.observation, this.logger);
     const messageId = params.delivery.properties.messageId;
     this.context = {
       queue: params.source.queue,
@@ -236,7 +248,8 @@ class Processing implements RunOwner {
 
   /** Reference §4.4 `process_internal`, in its exact order. `undefined` = abandoned by a forced stop. */
   private async machine(preError: { readonly error: unknown } | undefined): Promise<Outcome | undefined> {
-    const { handler, store } = this.params;
+    const { handler } = this.params;
+    const store = this.store;
     const message = this.message;
     // 1. Decoding failed.
     if (message === undefined) {
@@ -334,7 +347,8 @@ class Processing implements RunOwner {
 
   /** Ruby `run_handler!`: run, then complete → ack → acknowledged, or record the failure. */
   private async runAndRecord(ref: MessageRef, attempts: number): Promise<Outcome | undefined> {
-    const { store, handler } = this.params;
+    const { handler } = this.params;
+    const store = this.store;
     const run = await this.runHandler(attempts);
     if (run.kind === 'abandoned') {
       // Counted by the store but never finished: the caller gives it back (see ProcessResult.abandonedRun).
@@ -388,7 +402,7 @@ class Processing implements RunOwner {
     const acks = (acked ? 1 : 0) + (copy?.takeInheritedAcks() ?? 0);
     if (acks === 0) return;
     if (redundant && acked && copy?.completed(acks, this.handlerCalled) === true) return;
-    await this.params.store.acknowledged(ref, { redundant, acks });
+    await this.store.acknowledged(ref, { redundant, acks });
   }
 
   private accepts(error: unknown): boolean {
@@ -408,7 +422,32 @@ class Processing implements RunOwner {
     if (stopSignal?.aborted) return Promise.resolve({ kind: 'abandoned' });
     message.attempt = attempt;
     this.handlerCalled = true;
-    return runHandler(this, handler, message, source, stopSignal);
+    const observation = this.params.observation;
+    if (observation === undefined) return runHandler(this, handler, message, source, stopSignal);
+    return this.runObserved(observation, () => runHandler(this, handler, message, source, stopSignal));
+  }
+
+  /** The handler inside the observation (its spans nest there), its run time reported when it ends. */
+  private async runObserved(
+    observation: DeliveryObservation,
+    run: () => Promise<RunResult>,
+  ): Promise<RunResult> {
+    const started = performance.now();
+    let running: Promise<RunResult> | undefined;
+    try {
+      // The promise it returns is `running`, awaited below (runHandler never rejects).
+      void observation.run(() => (running = run()));
+    } catch (error) {
+      this.logger.error({ ...this.context, err: error }, 'telemetry observer threw; ignored');
+    }
+    // An observer that threw before calling back: the handler runs without it (never twice).
+    const ended = await (running ?? run());
+    try {
+      observation.handled(performance.now() - started, ended.kind === 'error' ? ended.error : undefined);
+    } catch (error) {
+      this.logger.error({ ...this.context, err: error }, 'telemetry observer threw; ignored');
+    }
+    return ended;
   }
 
   /** Where the RPC reply goes; undefined when the message wants none. */

@@ -8,6 +8,7 @@ import {
   type DedupStore,
   type Logger,
   type QueueDefinition,
+  type Telemetry,
   type Topology,
 } from '@beetle/core';
 import { systemClock, TypedEmitter, type Clock } from '@beetle/core/kit';
@@ -32,6 +33,10 @@ export interface SubscriberOptions {
   /** Queue declaration (queue, dead letter queue, bindings, policies); default: `setupQueue` of the broker layer. */
   readonly setupQueue?: QueueSetup;
   readonly logger?: Logger;
+  /**
+   * Observes every delivery (tracing, metrics: `@beetle/telemetry`); nothing extra is done without one.
+   */
+  readonly telemetry?: Telemetry;
   readonly clock?: Clock;
   /** Randomness for the server order and the reconnect jitter (tests). */
   readonly random?: () => number;
@@ -95,6 +100,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
       handlers: this.handlers,
       requeues: this.requeues,
       events: this,
+      telemetry: options.telemetry,
     });
   }
 
