@@ -14,7 +14,14 @@ import {
   type MessageMap,
   type Topology,
 } from '@beetle/core';
-import { type EncodedMessage, encodeMessage, Slots, TypedEmitter, validatePublish } from '@beetle/core/kit';
+import {
+  type EncodedMessage,
+  encodeMessage,
+  Memo,
+  Slots,
+  TypedEmitter,
+  validatePublish,
+} from '@beetle/core/kit';
 import {
   BrokerPool,
   PolicyClient,
@@ -162,6 +169,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
   private throttledState = false;
   private throttleTimer: NodeJS.Timeout | undefined;
   private throttleRefresh: Promise<void> | undefined;
+  private readonly declarations = new Map<BrokerConnection, Memo>();
 
   constructor(options: PublisherOptions<M>) {
     this.config = options.config;
@@ -553,13 +561,13 @@ export class Publisher<M extends MessageMap = MessageMap> {
 
   private isReady(server: string, exchange: string): boolean {
     const broker = this.pool.get(server);
-    return broker.readyPublishChannel() !== undefined && broker.isDone(exchangeKey(exchange));
+    return broker.readyPublishChannel() !== undefined && this.declared(broker).isDone(exchangeKey(exchange));
   }
 
   private async prepareBroker(server: string, exchange: string): Promise<void> {
     const broker = this.pool.get(server);
     await broker.publishChannel();
-    await broker.once(exchangeKey(exchange), () => this.prepareExchange(broker, exchange));
+    await this.declared(broker).run(exchangeKey(exchange), () => this.prepareExchange(broker, exchange));
   }
 
   private published(prepared: Prepared, servers: string[], redundant: boolean): void {
@@ -672,7 +680,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
     );
     // Like Ruby's `stop!`: forget what was declared there, so the next attempt redeclares (e.g. a deleted
     // exchange makes every publish fail with NOT_FOUND until it is declared again).
-    this.pool.get(server).resetDeclarations();
+    this.declared(this.pool.get(server)).clear();
     this.events.emit('failover', { message: name, messageId, server, error });
     if (markDead) this.markDead(server, error);
   }
@@ -682,7 +690,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
     const key = exchangeKey(prepared.exchange);
     const channel = broker.readyPublishChannel();
     // Fast path: channel open and the exchange prepared on this connection; no extra awaits.
-    if (channel && broker.isDone(key)) return this.send(channel, prepared);
+    if (channel && this.declared(broker).isDone(key)) return this.send(channel, prepared);
     return this.publishOnSlow(broker, key, prepared);
   }
 
@@ -692,7 +700,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
     prepared: Prepared,
   ): Promise<void> {
     const channel = await broker.publishChannel();
-    await broker.once(exchangeKey, () => this.prepareExchange(broker, prepared.exchange));
+    await this.declared(broker).run(exchangeKey, () => this.prepareExchange(broker, prepared.exchange));
     await this.send(channel, prepared);
   }
 
@@ -729,13 +737,27 @@ export class Publisher<M extends MessageMap = MessageMap> {
       logger: this.logger,
       policies: this.policies,
       policyPublisher: { publish: async (...args) => (await broker.publishChannel()).publish(...args) },
-      once: (key, fn) => broker.once(`publisher:${key}`, fn),
+      once: (key, fn) => this.declared(broker).run(`publisher:${key}`, fn),
       ...(this.now ? { now: this.now } : {}),
     });
     if (result.policy === 'failed') {
       this.events.emit('setupError', { server: broker.server, queue, error: result.policyError });
     }
     return result;
+  }
+
+  /** What was declared on a broker's current publishing connection (forgotten when it is lost). */
+  private declared(broker: BrokerConnection): Memo {
+    let memo = this.declarations.get(broker);
+    if (memo === undefined) {
+      const created = new Memo();
+      broker.onLost((event) => {
+        if (event.role === 'publisher' && !broker.publisherConnected) created.clear();
+      });
+      this.declarations.set(broker, created);
+      memo = created;
+    }
+    return memo;
   }
 
   private selectNextServer(exclude?: ReadonlySet<string>): string | undefined {
