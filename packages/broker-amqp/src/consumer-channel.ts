@@ -1,10 +1,5 @@
 import type { Channel, ConsumeMessage, Message } from 'amqplib';
-import {
-  BrokerError,
-  type ExchangeDefinition,
-  type Logger,
-  type QueueDefinition,
-} from '@beetle/core';
+import { BrokerError, type ExchangeDefinition, type Logger, type QueueDefinition } from '@beetle/core';
 import { errorMessage, withTimeout } from '@beetle/core/kit';
 import { AmqpDeclarer } from './declarer.js';
 import { roundTrip, waitWritable, WriteBuffer, type Link } from './link.js';

@@ -1,4 +1,10 @@
-import { ConfigurationError, silentLogger, type BeetleConfig, type Logger, type Topology } from '@beetle/core';
+import {
+  ConfigurationError,
+  silentLogger,
+  type BeetleConfig,
+  type Logger,
+  type Topology,
+} from '@beetle/core';
 import { encodeMessage, errorMessage } from '@beetle/core/kit';
 import { PolicyClient, policyUpdatePayload, type PolicyUpdatePayload } from './policies.js';
 import type { TopologyDeclarer } from './types.js';

@@ -12,7 +12,9 @@ async function material(what: string, value: string): Promise<string | Buffer> {
   try {
     return await readFile(value);
   } catch (error) {
-    throw new ConfigurationError(`cannot read the TLS ${what} file ${value}: ${errorMessage(error)}`, { cause: error });
+    throw new ConfigurationError(`cannot read the TLS ${what} file ${value}: ${errorMessage(error)}`, {
+      cause: error,
+    });
   }
 }
 
