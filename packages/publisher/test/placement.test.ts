@@ -52,7 +52,8 @@ class FakeTarget {
 
   send(prepared: Prepared): Promise<void> {
     const outcome = this.sendOutcomes[Math.min(this.sends++, this.sendOutcomes.length - 1)]!;
-    this.log.push(`send ${this.server} flags ${prepared.message.properties.headers.flags} ${outcome}`);
+    const { flags } = prepared.message.properties.headers;
+    this.log.push(`send ${this.server} flags ${typeof flags === 'string' ? flags : '?'} ${outcome}`);
     const error = failure(this.server, outcome);
     return error ? Promise.reject(error) : Promise.resolve();
   }
