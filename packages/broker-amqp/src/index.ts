@@ -1,17 +1,17 @@
 export type {
+  BackgroundError,
   BrokerOptions,
+  ConnectionLostEvent,
+  ConnectionRole,
   ConsumerChannel,
   Delivery,
   PublishChannel,
+  PublisherConnection,
+  PublisherPool,
   PublishOptions,
   TopologyDeclarer,
 } from './types.js';
-export {
-  BrokerConnection,
-  type BackgroundError,
-  type ConnectionLostEvent,
-  type ConnectionRole,
-} from './connection.js';
+export { BrokerConnection } from './connection.js';
 export { BrokerPool, brokerOptions } from './pool.js';
 export {
   checkPolicyUpdate,

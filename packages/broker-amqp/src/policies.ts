@@ -1,3 +1,4 @@
+// Over 400 lines on purpose: one concern, queue policies (Ruby's payload, its checks, the management API).
 import {
   ConfigurationError,
   PolicyRefusedError,

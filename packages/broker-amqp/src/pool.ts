@@ -1,7 +1,7 @@
 import { ClosedError, silentLogger, type BeetleConfig, type Logger } from '@beetle/core';
 import { brokerAddress } from '@beetle/core/kit';
 import { BrokerConnection } from './connection.js';
-import type { BrokerOptions } from './types.js';
+import type { BrokerOptions, PublisherPool } from './types.js';
 
 /**
  * The `BrokerOptions` of one configured server, Ruby units (seconds): the publisher's connect, response and
@@ -31,7 +31,7 @@ export function brokerOptions(
  * One `BrokerConnection` per broker per process, created lazily and shared by the publisher and the
  * subscriber of the process.
  */
-export class BrokerPool {
+export class BrokerPool implements PublisherPool {
   private readonly connections = new Map<string, BrokerConnection>();
   private closed = false;
 

@@ -1,4 +1,10 @@
-import { silentLogger, type BeetleConfig, type Logger, type Topology } from '@beetle/core';
+import {
+  ConfigurationError,
+  silentLogger,
+  type BeetleConfig,
+  type Logger,
+  type Topology,
+} from '@beetle/core';
 import { encodeMessage, errorMessage } from '@beetle/core/kit';
 import { PolicyClient, policyUpdatePayload, type PolicyUpdatePayload } from './policies.js';
 import type { TopologyDeclarer } from './types.js';
@@ -25,8 +31,8 @@ export interface SetupQueueContext {
   /** Asynchronous mode (the default): where the policy update message is published. Required in that mode. */
   readonly policyPublisher?: PolicyMessagePublisher;
   /**
-   * Optional per-broker memo (e.g. `BrokerConnection.once`) so the policy exchange/queue are declared once per
-   * connection rather than once per queue.
+   * Optional per-connection memo (e.g. `Memo.run` of `@beetle/core/kit`, cleared when the connection is
+   * lost) so the policy exchange/queue are declared once per connection rather than once per queue.
    */
   readonly once?: <T>(key: string, fn: () => Promise<T>) => Promise<T>;
   /** Unix seconds, for the policy message envelope. */
@@ -105,7 +111,11 @@ async function publishPolicyMessage(
   ctx: SetupQueueContext,
 ): Promise<void> {
   const { config } = ctx;
-  if (!ctx.policyPublisher) throw new Error('setupQueue: asynchronous policy mode needs ctx.policyPublisher');
+  if (!ctx.policyPublisher) {
+    throw new ConfigurationError('setupQueue: asynchronous policy mode needs ctx.policyPublisher', {
+      key: 'updateQueuePropertiesSynchronously',
+    });
+  }
   const declarePolicyQueue = async (): Promise<void> => {
     const policyQueue = topology.hasQueue(config.beetlePolicyUpdatesQueueName)
       ? topology.queue(config.beetlePolicyUpdatesQueueName)

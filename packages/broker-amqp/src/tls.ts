@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
-import type { BrokerAddress } from '@beetle/core';
+import { ConfigurationError, type BrokerAddress } from '@beetle/core';
 import { errorMessage } from '@beetle/core/kit';
 
 /** PEM text (rather than a file path), as configuration files may carry either. */
@@ -12,7 +12,9 @@ async function material(what: string, value: string): Promise<string | Buffer> {
   try {
     return await readFile(value);
   } catch (error) {
-    throw new Error(`cannot read the TLS ${what} file ${value}: ${errorMessage(error)}`, { cause: error });
+    throw new ConfigurationError(`cannot read the TLS ${what} file ${value}: ${errorMessage(error)}`, {
+      cause: error,
+    });
   }
 }
 
@@ -31,7 +33,7 @@ export async function tlsSocketOptions(address: BrokerAddress): Promise<Connecti
     tls.pfx === undefined
       ? undefined
       : readFile(tls.pfx).catch((error: unknown) => {
-          throw new Error(`cannot read the TLS pfx file ${tls.pfx}: ${errorMessage(error)}`, {
+          throw new ConfigurationError(`cannot read the TLS pfx file ${tls.pfx}: ${errorMessage(error)}`, {
             cause: error,
           });
         }),

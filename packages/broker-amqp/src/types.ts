@@ -105,3 +105,47 @@ export interface TopologyDeclarer {
   queueLength(queue: string): Promise<number>;
   purgeQueue(queue: string): Promise<void>;
 }
+
+/** Which of the two connections to a broker. */
+export type ConnectionRole = 'publisher' | 'consumer';
+
+/** Passed to `onLost` listeners. */
+export interface ConnectionLostEvent {
+  readonly server: string;
+  readonly role: ConnectionRole;
+  /** Why it died; `undefined` for an orderly close initiated by the broker without an error. */
+  readonly error: Error | undefined;
+}
+
+/** The last error a connection or channel reported in the background (not as the result of a call). */
+export interface BackgroundError {
+  readonly error: Error;
+  /** `Date.now()` when it was recorded. */
+  readonly at: number;
+  readonly role: ConnectionRole;
+}
+
+/** One broker as the publisher needs it; `BrokerConnection` implements it. */
+export interface PublisherConnection {
+  readonly server: string;
+  /**
+   * The shared publish channel if it is open right now (no connect, no await): the fast path of a publish;
+   * `undefined` means "call `publishChannel()`".
+   */
+  readyPublishChannel(): PublishChannel | undefined;
+  /** The shared publish channel, (re)opened on demand. */
+  publishChannel(): Promise<PublishChannel>;
+  /** A declarer on the publishing connection. */
+  declarer(): Promise<TopologyDeclarer>;
+  /** Whether the publishing connection is open right now. */
+  readonly publisherConnected: boolean;
+  /** Called whenever one of the broker's connections dies; returns an unsubscribe function. */
+  onLost(listener: (event: ConnectionLostEvent) => void): () => void;
+  /** The last background error (connection or channel error event, missed heartbeats), if any. */
+  readonly lastBackgroundError: BackgroundError | undefined;
+}
+
+/** Connections per broker (`host:port`) as the publisher needs them; `BrokerPool` implements it. */
+export interface PublisherPool {
+  get(server: string): PublisherConnection;
+}

@@ -2,6 +2,7 @@ import { createServer } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import amqp from 'amqplib';
 import { PolicyRefusedError, PolicyRequestError, silentLogger, Topology } from '@beetle/core';
+import { Memo } from '@beetle/core/kit';
 import {
   BrokerConnection,
   brokerOptions,
@@ -338,13 +339,14 @@ describe('policies via the management API', () => {
     const cfg = config({ servers: [server] });
     const c = new BrokerConnection(brokerOptions(cfg, server, silentLogger));
     opened.push(c);
+    const declared = new Memo();
     try {
       const publisher = await c.publishChannel();
       const result = await setupQueue(await c.declarer(), topology, name, {
         server,
         config: cfg,
         policyPublisher: publisher,
-        once: (key, fn) => c.once(key, fn),
+        once: (key, fn) => declared.run(key, fn),
       });
       expect(result.policy).toBe('published');
       expect(await queueExists(server, `${name}_dead_letter`)).toBe(true);

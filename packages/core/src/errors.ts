@@ -145,18 +145,26 @@ export class MessageDecodingError extends BeetleError {
   }
 }
 
+/** The reasons of a `BrokerError`. */
+export type BrokerErrorReason = Extract<
+  BeetleErrorReason,
+  'broker-connect' | 'broker-closed' | 'broker-timeout' | 'broker-blocked'
+>;
+
 /** A broker-level failure: connect, closed connection or channel, timeout, flow control. */
 export class BrokerError extends BeetleError {
+  declare readonly reason: BrokerErrorReason;
+  /** The message without the `<server>: ` in front, for an error that says the same about the same broker. */
+  readonly detail: string;
+
   constructor(
-    reason: Extract<
-      BeetleErrorReason,
-      'broker-connect' | 'broker-closed' | 'broker-timeout' | 'broker-blocked'
-    >,
+    reason: BrokerErrorReason,
     readonly server: string,
     message: string,
     options: BeetleErrorOptions & { outcomeUnknown?: boolean } = {},
   ) {
     super(reason, `${server}: ${message}`, options);
+    this.detail = message;
     this.outcomeUnknown = options.outcomeUnknown ?? false;
   }
 

@@ -75,6 +75,24 @@ describe('DeadlineSweeper', () => {
     expect(expired).toEqual([1, 2, 3]);
   });
 
+  it('takeAll returns what was watched and stops the timer, without calling back', () => {
+    const clock = new ManualClock();
+    const expired: string[] = [];
+    const sweeper = new DeadlineSweeper<string>({
+      periodMs: 10,
+      clock,
+      ordered: true,
+      onExpired: (item) => expired.push(item),
+    });
+    sweeper.add('a', clock.ms + 5);
+    sweeper.add('b', clock.ms + 50);
+    expect(sweeper.takeAll()).toEqual(['a', 'b']);
+    expect([sweeper.size, clock.pending]).toEqual([0, 0]);
+    clock.advance(100);
+    expect(expired).toEqual([]);
+    expect(sweeper.takeAll()).toEqual([]);
+  });
+
   it('an item added from onExpired is watched', () => {
     const clock = new ManualClock();
     let fired = 0;
@@ -118,6 +136,20 @@ describe('Lazy', () => {
     lazy.reset();
     expect(lazy.value).toBeUndefined();
     expect(await lazy.get()).toBe(2);
+  });
+
+  it('current is the promise being made or made, without starting one', async () => {
+    let made = 0;
+    const lazy = new Lazy(() => Promise.resolve(++made));
+    expect(lazy.current).toBeUndefined();
+    const promise = lazy.get();
+    expect(lazy.current).toBe(promise);
+    await promise;
+    expect(lazy.current).toBe(promise);
+    expect(made).toBe(1);
+    lazy.reset();
+    expect(lazy.current).toBeUndefined();
+    expect(made).toBe(1);
   });
 
   it('forgets a failure, so the next get tries again', async () => {

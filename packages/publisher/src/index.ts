@@ -1,8 +1,2 @@
-export {
-  Publisher,
-  QueueSetupError,
-  type BrokerSetupReport,
-  type PublishOptions,
-  type PublisherEvents,
-  type PublisherOptions,
-} from './publisher.js';
+export { Publisher, QueueSetupError, type BrokerSetupReport, type PublisherOptions } from './publisher.js';
+export type { PublisherEvents, PublishOptions } from './types.js';

@@ -154,10 +154,18 @@ describe('Publisher', () => {
       server: 'failing:5672',
       lastBackgroundError: undefined,
       readyPublishChannel: () => failingChannel,
-      isDone: () => true,
       publishChannel: () => Promise.resolve(failingChannel),
-      once: () => Promise.resolve(),
-      resetDeclarations: () => undefined,
+      // Declarations succeed: both brokers get ready, then the copy on this one fails.
+      declarer: () => Promise.resolve(acceptingDeclarer),
+      publisherConnected: true,
+      onLost: () => () => undefined,
+    };
+    const acceptingDeclarer = {
+      declareExchange: () => Promise.resolve(),
+      declareQueue: () => Promise.resolve(),
+      bindQueue: () => Promise.resolve(),
+      queueLength: () => Promise.resolve(0),
+      purgeQueue: () => Promise.resolve(),
     };
     const failingChannel = {
       server: 'failing:5672',

@@ -48,6 +48,13 @@ export class DeadlineSweeper<T> {
     return this.deadlines.delete(item);
   }
 
+  /** Stops watching everything and returns what was watched (their callbacks are not called). */
+  takeAll(): T[] {
+    const items = [...this.deadlines.keys()];
+    this.clear();
+    return items;
+  }
+
   /** Stops watching everything (the callbacks of the items are not called). */
   clear(): void {
     this.deadlines.clear();

@@ -23,6 +23,11 @@ export class Lazy<T> {
     return promise;
   }
 
+  /** The promise of the value being made or made, without starting to make one (undefined: none). */
+  get current(): Promise<T> | undefined {
+    return this.promise;
+  }
+
   /** The value once made (undefined while making it, after a failure or a reset). */
   get value(): T | undefined {
     return this.settled?.value;

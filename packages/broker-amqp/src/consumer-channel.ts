@@ -1,0 +1,193 @@
+import type { Channel, ConsumeMessage, Message } from 'amqplib';
+import { BrokerError, type ExchangeDefinition, type Logger, type QueueDefinition } from '@beetle/core';
+import { errorMessage, withTimeout } from '@beetle/core/kit';
+import { AmqpDeclarer } from './declarer.js';
+import { roundTrip, waitWritable, WriteBuffer, type Link } from './link.js';
+import type { ConsumerChannel, Delivery, TopologyDeclarer } from './types.js';
+
+/**
+ * A channel on the consuming connection. It also declares (a subscriber declares its queues on its own
+ * channel, so a declaration failing with a channel error takes down only that channel) through a declarer
+ * of its own, and publishes RPC replies without confirms.
+ */
+export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
+  private closed = false;
+  private closeError: Error | undefined;
+  private readonly closeListeners = new Set<(error: Error | undefined) => void>();
+  private readonly buffer = new WriteBuffer();
+  private readonly declarer: AmqpDeclarer;
+
+  constructor(
+    readonly server: string,
+    private readonly link: Link,
+    private readonly channel: Channel,
+    private readonly logger: Logger,
+  ) {
+    const target = Promise.resolve({ channel, link });
+    this.declarer = new AmqpDeclarer(() => target);
+    channel.on('error', (error: Error) => {
+      this.closeError = error;
+      logger.warn({ server, err: error }, `consumer channel error: ${error.message}`);
+    });
+    channel.on('close', () => {
+      this.closed = true;
+      this.buffer.wake();
+      const error =
+        this.closeError ??
+        (link.dead ? new BrokerError('broker-closed', server, 'consumer connection lost') : undefined);
+      for (const listener of this.closeListeners) {
+        try {
+          listener(error);
+        } catch (listenerError) {
+          logger.error({ server, err: listenerError }, 'onClose listener threw');
+        }
+      }
+      this.closeListeners.clear();
+    });
+    channel.on('drain', () => this.buffer.drained());
+  }
+
+  declareExchange(exchange: ExchangeDefinition): Promise<void> {
+    return this.declarer.declareExchange(exchange);
+  }
+
+  declareQueue(queue: QueueDefinition): Promise<void> {
+    return this.declarer.declareQueue(queue);
+  }
+
+  bindQueue(queue: string, exchange: string, key: string): Promise<void> {
+    return this.declarer.bindQueue(queue, exchange, key);
+  }
+
+  queueLength(queue: string): Promise<number> {
+    return this.declarer.queueLength(queue);
+  }
+
+  purgeQueue(queue: string): Promise<void> {
+    return this.declarer.purgeQueue(queue);
+  }
+
+  async prefetch(count: number): Promise<void> {
+    await roundTrip(this.link, `basic.qos ${count}`, () => this.channel.prefetch(count, false));
+  }
+
+  async consume(
+    queue: string,
+    onDelivery: (delivery: Delivery) => void,
+    onCancel?: () => void,
+  ): Promise<string> {
+    const ok = await roundTrip(this.link, `basic.consume ${queue}`, () =>
+      this.channel.consume(
+        queue,
+        (message: ConsumeMessage | null) => {
+          // amqplib passes null only for a broker-initiated basic.cancel (e.g. the queue was deleted).
+          if (message === null) {
+            this.logger.warn({ server: this.server, queue }, `consumer of ${queue} cancelled by the broker`);
+            if (onCancel !== undefined) {
+              try {
+                onCancel();
+              } catch (error) {
+                this.logger.error({ server: this.server, queue, err: error }, 'onCancel listener threw');
+              }
+            }
+            return;
+          }
+          onDelivery(message);
+        },
+        { noAck: false },
+      ),
+    );
+    return ok.consumerTag;
+  }
+
+  async cancel(consumerTag: string): Promise<void> {
+    if (this.closed) return;
+    await roundTrip(this.link, `basic.cancel ${consumerTag}`, () => this.channel.cancel(consumerTag));
+  }
+
+  ack(delivery: Delivery): boolean {
+    if (this.closed) {
+      this.logger.warn(
+        { server: this.server, deliveryTag: delivery.fields.deliveryTag },
+        'ack on a closed channel',
+      );
+      return false;
+    }
+    try {
+      this.channel.ack(delivery as unknown as Message);
+      return true;
+    } catch (error) {
+      this.logger.warn({ server: this.server, err: error }, `ack failed: ${errorMessage(error)}`);
+      return false;
+    }
+  }
+
+  reject(delivery: Delivery, requeue: boolean): boolean {
+    if (this.closed) {
+      this.logger.warn(
+        { server: this.server, deliveryTag: delivery.fields.deliveryTag },
+        'reject on a closed channel',
+      );
+      return false;
+    }
+    try {
+      this.channel.reject(delivery as unknown as Message, requeue);
+      return true;
+    } catch (error) {
+      this.logger.warn({ server: this.server, err: error }, `reject failed: ${errorMessage(error)}`);
+      return false;
+    }
+  }
+
+  async publish(
+    exchange: string,
+    routingKey: string,
+    body: Buffer,
+    properties: Record<string, unknown>,
+  ): Promise<void> {
+    if (this.closed) throw new BrokerError('broker-closed', this.server, 'consumer channel closed');
+    if (this.link.blocked || this.buffer.full) {
+      await waitWritable(
+        this.link,
+        this.buffer,
+        Date.now() + this.link.operationTimeout * 1000,
+        () => this.closed,
+        (blocked) =>
+          new BrokerError(blocked ? 'broker-blocked' : 'broker-timeout', this.server, 'channel not writable'),
+      );
+    }
+    try {
+      if (!this.channel.publish(exchange, routingKey, body, properties)) this.buffer.full = true;
+    } catch (error) {
+      throw new BrokerError('broker-closed', this.server, `publish failed: ${errorMessage(error)}`, {
+        cause: error,
+      });
+    }
+  }
+
+  onClose(listener: (error: Error | undefined) => void): void {
+    if (this.closed) {
+      const error = this.closeError;
+      queueMicrotask(() => listener(error));
+      return;
+    }
+    this.closeListeners.add(listener);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      // Only logged below, never passed on: a plain Error is enough.
+      await withTimeout(
+        this.channel.close(),
+        this.link.operationTimeout * 1000,
+        () => new Error('channel.close timed out'),
+      );
+    } catch (error) {
+      this.logger.debug(
+        { server: this.server, err: error },
+        `closing consumer channel: ${errorMessage(error)}`,
+      );
+    }
+  }
+}
