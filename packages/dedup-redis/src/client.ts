@@ -40,7 +40,8 @@ export interface RedisEndpoint {
 /**
  * What every connection of this package shares. RESP2, as redis-rb speaks to the same Redis: the scripts'
  * replies keep their shapes, and a connect is the TCP handshake alone (ioredis 6 defaults to RESP3, whose
- * HELLO a stalled server never answers). `maxRetriesPerRequest: 0`: ioredis rejects the commands in flight
+ * HELLO a stalled server never answers; nor is ioredis 6's MAINT_NOTIFICATIONS handshake sent, so no
+ * connection handoffs hold commands back). `maxRetriesPerRequest: 0`: ioredis rejects the commands in flight
  * when their connection drops (else they wait for the reconnect), so the caller decides about each of them.
  */
 const commonOptions = (endpoint: RedisEndpoint): RedisOptions => ({
