@@ -112,9 +112,18 @@ export function topHelp(): string {
   ].join('\n');
 }
 
+/**
+ * The word after `beetle:` for an error's reason, where it is not the reason itself: Redis failures of
+ * either kind print as `redis`, as they always did (scripts and alerts match the line).
+ */
+const REASON_LABELS: Readonly<Record<string, string>> = {
+  'redis-unavailable': 'redis',
+  'redis-reply': 'redis',
+};
+
 function reasonOf(error: unknown): string {
   const reason = (error as { reason?: unknown } | null)?.reason;
-  if (typeof reason === 'string') return reason;
+  if (typeof reason === 'string') return REASON_LABELS[reason] ?? reason;
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : 'error';
 }

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import {
+  BeetleError,
   configFromEnv,
   configOptions,
   ConfigurationError,
@@ -7,13 +8,15 @@ import {
   loadConfigFile,
   type BeetleConfig,
   type BeetleConfigInput,
+  type BeetleErrorOptions,
   type ConfigOptionInfo,
 } from '@beetle/core';
 
 /** A wrong command line: exit status 2. */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-  readonly reason = 'usage';
+export class UsageError extends BeetleError {
+  constructor(message: string, options: BeetleErrorOptions = {}) {
+    super('usage', message, options);
+  }
 }
 
 export interface FlagSpec {

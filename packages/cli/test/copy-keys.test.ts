@@ -10,7 +10,7 @@ import {
   type ServiceHandle,
   type TlsFiles,
 } from '@beetle/test-services';
-import { RespClient } from '../src/redis.js';
+import { RedisMaintenanceClient as RespClient } from '@beetle/dedup-redis';
 import { run, tempFile, uid } from './helpers.js';
 
 /**

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { main } from '../src/index.js';
-import { RespClient } from '../src/redis.js';
+import { RedisMaintenanceClient as RespClient } from '@beetle/dedup-redis';
 
 import { management, servers as allServers } from '../../broker-amqp/test/helpers.js';
 

@@ -1,6 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startRedis, type ServiceHandle } from '@beetle/test-services';
-import { RedisConnectionError, RedisReplyError, RespClient } from '../src/redis.js';
+import {
+  RedisMaintenanceClient as RespClient,
+  RedisReplyError,
+  RedisUnavailableError as RedisConnectionError,
+} from '@beetle/dedup-redis';
 
 /** The maintenance commands' Redis client against a Redis of its own (password set, paused by a test). */
 describe('RespClient', () => {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { KEY_SUFFIXES } from '@beetle/core/kit';
-import type { RespClient } from '../src/redis.js';
+import type { RedisMaintenanceClient as RespClient } from '@beetle/dedup-redis';
 import { lines, redis, redisServer, run, tempFile, uid } from './helpers.js';
 
 /** The store tools work on db 11 (and db 12 as a copy target); only these are flushed. */

@@ -14,6 +14,7 @@ import {
   type Payload,
   type QueueOptions,
 } from '@beetle/core';
+import { amqplibAckFlush, errorMessage } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Publisher, type BrokerSetupReport, type PublishOptions } from '@beetle/publisher';
 import {
@@ -50,6 +51,7 @@ export interface ClientHealth {
   readonly liveServers: readonly string[];
   readonly deadServers: readonly string[];
   readonly subscriber: readonly BrokerStatus[];
+  /** The store's `ping` (undefined: no store yet, or a store without a health check). */
   readonly store: StoreHealth | undefined;
 }
 
@@ -158,7 +160,12 @@ export class Client<M extends MessageMap = MessageMap> {
 
   /** The dedup store (created from the configuration on first use unless one was given). */
   get store(): DedupStore {
-    this.storeInstance ??= RedisDedupStore.fromConfig(this.config, { logger: this.logger });
+    // The subscriber acks through this.pool's amqplib connections: the store sends the DEL of a message's
+    // keys only once those acks are written (see AckFlush).
+    this.storeInstance ??= RedisDedupStore.fromConfig(this.config, {
+      logger: this.logger,
+      ackFlush: amqplibAckFlush,
+    });
     return this.storeInstance;
   }
 
@@ -217,14 +224,19 @@ export class Client<M extends MessageMap = MessageMap> {
 
   // --- lifecycle ----------------------------------------------------------------------------------
 
+  /**
+   * Publisher and subscriber state, and the store's health check (`DedupStore.ping`) when the client has a
+   * store with one (none before the first `listen`, unless one was given).
+   */
   async health(): Promise<ClientHealth> {
     let store: StoreHealth | undefined;
-    if (this.storeInstance instanceof RedisDedupStore) {
+    const storeInstance = this.storeInstance;
+    if (storeInstance?.ping !== undefined) {
       try {
-        await this.storeInstance.ping();
+        await storeInstance.ping();
         store = { ok: true };
       } catch (error) {
-        store = { ok: false, error: error instanceof Error ? error.message : String(error) };
+        store = { ok: false, error: errorMessage(error) };
       }
     }
     return {

@@ -1,6 +1,8 @@
+// The client: the whole system composed, and its declarations and tracing.
 export { Client, type ClientHealth, type ClientOptions, type StoreHealth } from './client.js';
 export { applyDeclarations, loadDeclarations, parseDeclarations, type Declarations } from './declarations.js';
 export { traceQueueName, type TraceHandle, type Tracer } from './trace.js';
+
 // The parts a user composes with, so `@beetle/client` alone is enough for most services.
 export {
   createConfig,

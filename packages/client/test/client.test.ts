@@ -5,6 +5,7 @@ import {
   MemoryDedupStore,
   RedisDedupStore,
   traceQueueName,
+  type DedupStore,
   type HandlerMessage,
 } from '@beetle/client';
 import { cleanup, servers } from '../../broker-amqp/test/helpers.js';
@@ -98,6 +99,38 @@ describe('Client', () => {
     await waitFor(() => traced.length === 1);
     expect(traced).toEqual(['{"id":1}']);
     await handle.stop();
+  });
+
+  it("health() reports the store's ping, whatever the store: none before there is one", async () => {
+    const config = { servers: servers.slice(0, 2), redisServer, redisDb: 4 };
+    const health = async (store?: DedupStore): Promise<unknown> =>
+      (await new Client({ config, ...(store ? { store } : {}) }).health()).store;
+    // A producer never creates a store, so it has no store health.
+    expect(await health()).toBeUndefined();
+    expect(await health(new MemoryDedupStore())).toEqual({ ok: true });
+    const redis = new RedisDedupStore({ redisServer, db: 4 });
+    const down = new RedisDedupStore({
+      redisServer: '127.0.0.1:1',
+      failoverTimeout: 0.2,
+      retryInterval: 0.05,
+    });
+    try {
+      expect(await health(redis)).toEqual({ ok: true });
+      expect(await health(down)).toEqual({
+        ok: false,
+        error: expect.stringMatching(/^no Redis master reachable for 0.2s \(127\.0\.0\.1:1\)/) as string,
+      });
+    } finally {
+      await Promise.all([redis.close(), down.close()]);
+    }
+    // Any DedupStore: a store of one's own with a ping, and one without.
+    const memory = new MemoryDedupStore();
+    const failing: DedupStore = Object.assign(Object.create(memory) as DedupStore, {
+      ping: () => Promise.reject(new Error('database on fire')),
+    });
+    expect(await health(failing)).toEqual({ ok: false, error: 'database on fire' });
+    const withoutPing: DedupStore = Object.assign(Object.create(memory) as DedupStore, { ping: undefined });
+    expect(await health(withoutPing)).toBeUndefined();
   });
 
   it('rejects handlers for unknown queues', () => {

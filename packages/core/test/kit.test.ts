@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { DeadlineSweeper, Lazy, Memo, Slots, type Clock } from '@beetle/core/kit';
+import { amqplibAckFlush, DeadlineSweeper, Lazy, Memo, Slots, type Clock } from '@beetle/core/kit';
 
 /** Time moves only with `advance`, which fires the due timers in order. */
 class ManualClock implements Clock {
   ms = 1_000_000;
-  private timers: { at: number; fire: () => void }[] = [];
+  protected timers: { at: number; fire: () => void; every?: number }[] = [];
   now = (): number => Math.floor(this.ms / 1000);
   nowMs = (): number => this.ms;
   setTimeout = (fire: () => void, ms: number): unknown => {
@@ -25,10 +25,28 @@ class ManualClock implements Clock {
       if (next === undefined) break;
       this.timers = this.timers.filter((t) => t !== next);
       this.ms = next.at;
+      if (next.every !== undefined) {
+        next.at += next.every;
+        this.timers.push(next);
+      }
       next.fire();
     }
     this.ms = until;
   }
+}
+
+/** A ManualClock with repeating timers. */
+class IntervalClock extends ManualClock {
+  intervalsStarted = 0;
+  setInterval = (fire: () => void, ms: number): unknown => {
+    this.intervalsStarted++;
+    const timer = { at: this.ms + ms, fire, every: ms };
+    this.timers.push(timer);
+    return timer;
+  };
+  clearInterval = (handle: unknown): void => {
+    this.timers = this.timers.filter((t) => t !== handle);
+  };
 }
 
 describe('DeadlineSweeper', () => {
@@ -108,6 +126,66 @@ describe('DeadlineSweeper', () => {
     clock.advance(100);
     expect(fired).toBe(3);
     expect(clock.pending).toBe(0);
+  });
+
+  it('repeating: one interval while anything is watched, stopped by the first sweep finding nothing', () => {
+    const clock = new IntervalClock();
+    const expired: string[] = [];
+    const sweeper = new DeadlineSweeper<string>({
+      periodMs: 100,
+      clock,
+      repeating: true,
+      onExpired: (item) => expired.push(item),
+    });
+    sweeper.add('a', clock.ms + 150);
+    sweeper.add('b', clock.ms + 250);
+    sweeper.add('c', clock.ms + 1000);
+    expect([clock.intervalsStarted, clock.pending]).toEqual([1, 1]);
+    clock.advance(200);
+    expect(expired).toEqual(['a']);
+    clock.advance(100);
+    expect(expired).toEqual(['a', 'b']);
+    // takeAll: the remaining items come back, without their callbacks; the next sweep stops the timer.
+    expect(sweeper.takeAll()).toEqual(['c']);
+    expect(sweeper.size).toBe(0);
+    expect(clock.pending).toBe(1);
+    clock.advance(100);
+    expect(clock.pending).toBe(0);
+    clock.advance(1000);
+    expect(expired).toEqual(['a', 'b']);
+    sweeper.add('d', clock.ms + 50);
+    expect(clock.intervalsStarted).toBe(2);
+    sweeper.clear();
+    expect(clock.pending).toBe(0);
+  });
+
+  it('repeating with a clock without setInterval: re-armed timeouts', () => {
+    const clock = new ManualClock();
+    const expired: number[] = [];
+    const sweeper = new DeadlineSweeper<number>({
+      periodMs: 10,
+      clock,
+      repeating: true,
+      onExpired: (n) => expired.push(n),
+    });
+    sweeper.add(1, clock.ms + 5);
+    sweeper.add(2, clock.ms + 25);
+    clock.advance(40);
+    expect(expired).toEqual([1, 2]);
+    expect(clock.pending).toBe(0);
+  });
+});
+
+describe('amqplibAckFlush', () => {
+  it("runs after frames amqplib writes from an immediate of a later tick (an ack's), not before", async () => {
+    const order: string[] = [];
+    // amqplib: the ack's frame reaches the socket from an immediate scheduled in a later tick.
+    process.nextTick(() => setImmediate(() => order.push('ack written')));
+    setImmediate(() => order.push('plain immediate'));
+    amqplibAckFlush(() => order.push('flush'));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    // A plain immediate would run before the ack is written; the flush runs after it.
+    expect(order).toEqual(['plain immediate', 'ack written', 'flush']);
   });
 });
 

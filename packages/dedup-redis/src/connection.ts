@@ -1,13 +1,9 @@
-import { readFile, stat } from 'node:fs/promises';
 import type { ConnectionOptions } from 'node:tls';
-import { Redis } from 'ioredis';
 import { ClosedError, NoRedisMasterError, type Logger } from '@beetle/core';
-import { coalesceWrites } from '@beetle/core/kit';
-import { isRedisAddress, parseRedisAddress, parseRedisMasterFile } from './master-file.js';
-import { SCRIPTS, type ScriptCommands } from './scripts.js';
-
-/** A client with the store's scripts defined on it. */
-export type ScriptedRedis = Redis & ScriptCommands;
+import { DeadlineSweeper, errorMessage } from '@beetle/core/kit';
+import { StoreClient, type ScriptedRedis } from './client.js';
+import { fromErrorReply, isRetriableRedisError, RedisUnavailableError } from './errors.js';
+import { isRedisAddress, MasterFile } from './master.js';
 
 export interface RedisConnectionSettings {
   /** `host:port`, or the path of a Redis master file. */
@@ -36,60 +32,20 @@ export interface RedisConnectionSettings {
   readonly logger: Logger;
 }
 
-/** Redis cannot be used right now, for a reason that may go away (no master, not connected yet). */
-export class RedisUnavailableError extends Error {
-  override readonly name = 'RedisUnavailableError';
-}
-
-const RETRIABLE_REPLIES = /^(READONLY|LOADING|MASTERDOWN|BUSY|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b/;
-const RETRIABLE_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ECONNABORTED',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EHOSTUNREACH',
-  'EHOSTDOWN',
-  'ENETUNREACH',
-  'ENETDOWN',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-]);
-const RETRIABLE_MESSAGES =
-  /Connection is closed|Stream isn't writeable|Command timed out|Socket closed unexpectedly/;
-
-/**
- * Whether a failed call may succeed when retried: connection-level failures and the replies of a server that
- * is not (yet) a usable master. Replies such as script errors or WRONGTYPE are bugs and are not retried.
- */
-export function isRetriableRedisError(error: unknown): boolean {
-  if (error instanceof RedisUnavailableError) return true;
-  if (!(error instanceof Error)) return false;
-  if (error.name === 'ReplyError') return RETRIABLE_REPLIES.test(error.message);
-  if (error.name === 'MaxRetriesPerRequestError') return true;
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === 'string' && RETRIABLE_CODES.has(code)) return true;
-  return RETRIABLE_MESSAGES.test(error.message);
-}
-
 /** Why a wait for a reply ended without the reply: its time was up, or it was woken (close, master change). */
 const TIMED_OUT = Symbol('timed out');
 const WOKEN = Symbol('woken');
 type Interrupt = typeof TIMED_OUT | typeof WOKEN;
 
 /**
- * A call waiting for its reply until `until` (epoch ms). No timer of its own: the connection's sweeper (one
- * interval timer for all calls) interrupts the waits whose time is up, so a call costs one promise, not a
- * timer, a race and their closures.
+ * A call waiting for its reply. No timer of its own: the connection's sweeper (one timer for all calls)
+ * interrupts the waits whose time is up, so a call costs one promise, not a timer, a race and their closures.
  */
 class ReplyWait<T> {
   readonly outcome: Promise<T | Interrupt>;
   private interruptWith!: (why: Interrupt) => void;
 
-  constructor(
-    reply: Promise<T>,
-    readonly until: number,
-  ) {
+  constructor(reply: Promise<T>) {
     this.outcome = new Promise<T | Interrupt>((resolve, reject) => {
       this.interruptWith = resolve;
       reply.then(resolve, reject);
@@ -111,51 +67,50 @@ const PROBE_GRACE_MS = 100;
 /** How often, at most, the sweeper looks for stalled calls (ms); more often with a short `readTimeout`. */
 const SWEEP_INTERVAL_MS = 250;
 
-/** ioredis' connection status, read fresh (TypeScript would keep a narrowed value across awaits). */
-const statusOf = (client: Redis): string => client.status;
-
-const messageOf = (error: unknown): string => (error instanceof Error ? error.message : String(error));
+/** A status read fresh (TypeScript would keep a narrowed value across awaits). */
+const statusOf = (client: StoreClient): string => client.status;
 
 /**
- * One shared ioredis connection to the current master, and Ruby's `with_failover` around every call
- * (reference §4.5, §4.7): a call that fails for a connection-level reason is retried about once per
- * `retryInterval` (by timers, never blocking the event loop; other calls proceed independently) until
- * `failoverTimeout`, then rejects with `NoRedisMasterError`. With a master file, the file is looked at at most
- * once per `masterFileCheckInterval` on the hot path and right after every failure; when the master changes
- * the old client is closed and a new one is created.
+ * Ruby's `with_failover` around every call of the store (reference §4.5, §4.7), on one shared connection to
+ * the current master (`StoreClient`): a call that fails for a connection-level reason is retried about once
+ * per `retryInterval` (by timers, never blocking the event loop; other calls proceed independently) until
+ * `failoverTimeout`, then rejects with `NoRedisMasterError`. With a master file (`MasterFile`), the file is
+ * looked at at most once per `masterFileCheckInterval` on the hot path and right after every failure; when it
+ * names another master the old client is retired, a new one created and every wait woken.
  *
- * ioredis is configured not to queue or resend anything by itself (`enableOfflineQueue: false`,
- * `maxRetriesPerRequest: 0`): calls wait here instead, so nothing piles up unboundedly while Redis is down,
- * and every retry is visible to this loop.
+ * The client neither queues, resends nor times out commands by itself (see `StoreClient`): calls wait here
+ * instead, so nothing piles up unboundedly while Redis is down, every resend is one this loop decided (and
+ * marked, see `run`), and a stalled server is waited for rather than sent the command again.
  */
 export class RedisConnection {
-  private client: ScriptedRedis | undefined;
+  private client: StoreClient | undefined;
   /** `host:port` of `client`. */
   private address: string | undefined;
-  private readonly masterFile: string | undefined;
-  private masterSignature: string | undefined;
-  /** Why there is no master right now (file missing or naming none), while that lasts. */
-  private masterProblem: Error | undefined;
-  private lastMasterCheck = Number.NEGATIVE_INFINITY;
-  private masterCheck: Promise<void> | undefined;
+  private readonly masterFile: MasterFile | undefined;
   private lastClientError: Error | undefined;
   private outageSince: number | undefined;
   private outageGaveUp = false;
   private closed = false;
   /** Waits outside calls' replies (sleeps between attempts, waits for a connection), woken by `wakeAll`. */
   private readonly wakeups = new Set<() => void>();
-  /** Calls waiting for their replies, watched by the sweeper. */
-  private readonly waiting = new Set<ReplyWait<unknown>>();
-  private sweeper: NodeJS.Timeout | undefined;
-  private readonly sweepIntervalMs: number;
-  private readonly readySignals = new WeakMap<Redis, Promise<void>>();
-  private readonly probes = new WeakMap<Redis, Promise<boolean>>();
-  /** When each client last received data (replies), to tell a stalled server from a dead connection. */
-  private readonly lastData = new WeakMap<Redis, { at: number }>();
+  /** Calls waiting for their replies until their read timeout (or the failover deadline). */
+  private readonly waiting: DeadlineSweeper<ReplyWait<unknown>>;
 
   constructor(private readonly settings: RedisConnectionSettings) {
-    this.masterFile = isRedisAddress(settings.redisServer) ? undefined : settings.redisServer;
-    this.sweepIntervalMs = Math.max(10, Math.min(SWEEP_INTERVAL_MS, settings.readTimeoutMs / 4));
+    this.masterFile = isRedisAddress(settings.redisServer)
+      ? undefined
+      : new MasterFile(
+          settings.redisServer,
+          settings.systemName,
+          settings.masterFileCheckIntervalMs,
+          (master) => this.switchTo(master),
+        );
+    this.waiting = new DeadlineSweeper({
+      periodMs: Math.max(10, Math.min(SWEEP_INTERVAL_MS, settings.readTimeoutMs / 4)),
+      onExpired: (wait) => wait.interrupt(TIMED_OUT),
+      // A busy connection always has calls waiting: one interval rather than a timeout per period.
+      repeating: true,
+    });
   }
 
   /** The `host:port` currently connected to (or being connected to), if any. */
@@ -188,10 +143,10 @@ export class RedisConnection {
           client = await this.readyClient(deadline);
           sentAt = Date.now();
         }
-        const reply = call(client, a as A, b as B);
+        const reply = call(client.redis, a as A, b as B);
         // The hot path: one wait, which the reply normally ends. awaitStalled takes over when it does not.
-        const wait = new ReplyWait(reply, Math.min(sentAt + this.settings.readTimeoutMs, deadline));
-        this.watch(wait);
+        const wait = new ReplyWait(reply);
+        this.waiting.add(wait, Math.min(sentAt + this.settings.readTimeoutMs, deadline));
         let outcome: T | Interrupt;
         try {
           outcome = await wait.outcome;
@@ -206,8 +161,8 @@ export class RedisConnection {
         return outcome;
       } catch (error) {
         this.assertOpen();
-        if (!isRetriableRedisError(error)) throw error;
-        this.lastMasterCheck = Number.NEGATIVE_INFINITY; // look at the master file again right away
+        if (!isRetriableRedisError(error)) throw fromErrorReply(error);
+        this.masterFile?.lookSoon(); // look at the master file again right away
         this.outage(error);
         const remaining = deadline - Date.now();
         if (remaining <= 0) {
@@ -219,7 +174,7 @@ export class RedisConnection {
             );
           }
           throw new NoRedisMasterError(
-            `no Redis master reachable for ${this.settings.failoverTimeoutMs / 1000}s (${this.describeServer()}): ${messageOf(error)}`,
+            `no Redis master reachable for ${this.settings.failoverTimeoutMs / 1000}s (${this.describeServer()}): ${errorMessage(error)}`,
             { cause: error },
           );
         }
@@ -244,12 +199,12 @@ export class RedisConnection {
    * Past the deadline the caller gives up (`NoRedisMasterError`).
    */
   private async awaitStalled<T>(
-    client: ScriptedRedis,
+    client: StoreClient,
     reply: Promise<T>,
     deadline: number,
     interrupt: Interrupt,
   ): Promise<T> {
-    const server = `${client.options.host ?? ''}:${client.options.port ?? ''}`;
+    const server = client.server;
     let outcome: T | Interrupt = interrupt;
     for (;;) {
       if (outcome !== TIMED_OUT && outcome !== WOKEN) return outcome;
@@ -262,25 +217,27 @@ export class RedisConnection {
         );
         if (Date.now() >= deadline) throw stalled;
         this.outage(stalled);
-        this.lastMasterCheck = Number.NEGATIVE_INFINITY;
-        await this.refreshMaster().catch(() => undefined);
+        if (this.masterFile !== undefined) {
+          this.masterFile.lookSoon();
+          await this.masterFile.refresh().catch(() => undefined);
+        }
         if (this.client !== client) throw stalled; // the master moved: resend there
-        const lastData = this.lastData.get(client)?.at ?? 0;
+        const lastData = client.lastDataAt;
         if (
           statusOf(client) === 'ready' &&
           Date.now() - lastData >= this.settings.readTimeoutMs &&
-          (await this.probe(client)) &&
+          (await client.probe()) &&
           (await this.silentAfterProbe(client, lastData))
         ) {
           this.settings.logger.warn(
             { server: this.address },
             'Redis dedup store: connection silent while the server answers; reconnecting',
           );
-          client.stream.destroy(); // not end(): a dead peer would never complete the close
+          client.redis.stream.destroy(); // not end(): a dead peer would never complete the close
         }
       }
-      const wait = new ReplyWait(reply, Math.min(Date.now() + this.settings.readTimeoutMs, deadline));
-      this.watch(wait);
+      const wait = new ReplyWait(reply);
+      this.waiting.add(wait, Math.min(Date.now() + this.settings.readTimeoutMs, deadline));
       try {
         outcome = await wait.outcome;
       } finally {
@@ -295,95 +252,28 @@ export class RedisConnection {
    * answering. A server that was frozen and resumes during the probe answers the probe and our pending
    * commands alike, but not necessarily the probe last: the connection is only dead if it stays silent.
    */
-  private async silentAfterProbe(client: ScriptedRedis, lastData: number): Promise<boolean> {
+  private async silentAfterProbe(client: StoreClient, lastData: number): Promise<boolean> {
     await this.sleep(PROBE_GRACE_MS);
     return (
-      !this.closed &&
-      this.client === client &&
-      statusOf(client) === 'ready' &&
-      (this.lastData.get(client)?.at ?? 0) === lastData
+      !this.closed && this.client === client && statusOf(client) === 'ready' && client.lastDataAt === lastData
     );
-  }
-
-  /** Has the sweeper watch `wait` (until the caller deletes it from `waiting`). */
-  private watch(wait: ReplyWait<unknown>): void {
-    this.waiting.add(wait);
-    if (this.sweeper === undefined) {
-      this.sweeper = setInterval(() => this.sweep(), this.sweepIntervalMs);
-      this.sweeper.unref(); // a call waiting for a reply has a socket open anyway
-    }
-  }
-
-  /** Interrupts the waits whose time is up; stops when nothing waits any more. */
-  private sweep(): void {
-    if (this.waiting.size === 0) {
-      clearInterval(this.sweeper);
-      this.sweeper = undefined;
-      return;
-    }
-    const now = Date.now();
-    for (const wait of this.waiting) {
-      if (now >= wait.until) {
-        this.waiting.delete(wait);
-        wait.interrupt(TIMED_OUT);
-      }
-    }
   }
 
   /** Wakes every wait (calls' replies, sleeps, connection waits) early, for a close or a master change. */
   private wakeAll(): void {
-    for (const wait of this.waiting) wait.interrupt(WOKEN);
-    this.waiting.clear();
+    for (const wait of this.waiting.takeAll()) wait.interrupt(WOKEN);
     for (const wake of [...this.wakeups]) wake();
-  }
-
-  /** Whether the client's server answers PING on a fresh connection (one probe per client at a time). */
-  private probe(client: ScriptedRedis): Promise<boolean> {
-    let probing = this.probes.get(client);
-    if (probing === undefined) {
-      const { host, port } = client.options;
-      const probe = new Redis({
-        host,
-        port,
-        password: this.settings.password,
-        tls: this.settings.tls,
-        connectTimeout: this.settings.connectTimeoutMs,
-        commandTimeout: this.settings.readTimeoutMs,
-        lazyConnect: true,
-        enableReadyCheck: false,
-        maxRetriesPerRequest: 0,
-        retryStrategy: () => null,
-        disableClientInfo: true,
-        protocol: 2, // no HELLO: the probe is bounded by its PING's commandTimeout alone
-      });
-      probe.on('error', () => undefined);
-      probing = probe
-        .connect()
-        .then(() => probe.ping())
-        .then(
-          (pong) => pong === 'PONG',
-          () => false,
-        )
-        .finally(() => {
-          probe.disconnect();
-          (probe.stream as Redis['stream'] | undefined)?.destroy();
-          this.probes.delete(client);
-        });
-      this.probes.set(client, probing);
-    }
-    return probing;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.wakeAll();
-    clearInterval(this.sweeper);
-    this.sweeper = undefined;
+    this.waiting.clear();
     const client = this.client;
     this.client = undefined;
     this.address = undefined;
-    if (client) await this.retire(client);
+    if (client) await client.retire();
   }
 
   private assertOpen(): void {
@@ -392,37 +282,30 @@ export class RedisConnection {
 
   private describeServer(): string {
     const at = this.address ?? 'no master';
-    return this.masterFile === undefined ? at : `${at} from ${this.masterFile}`;
+    return this.masterFile === undefined ? at : `${at} from ${this.masterFile.path}`;
   }
 
   /**
    * The client of the current master if it can be used right away: ready, and no look at the master file
    * due (else `readyClient`, which looks and waits).
    */
-  private readyClientNow(now: number): ScriptedRedis | undefined {
+  private readyClientNow(now: number): StoreClient | undefined {
     const client = this.client;
-    if (client?.status !== 'ready') return undefined;
-    if (
-      this.masterFile !== undefined &&
-      (this.masterProblem !== undefined ||
-        now - this.lastMasterCheck >= this.settings.masterFileCheckIntervalMs)
-    ) {
-      return undefined;
-    }
+    if (client?.redis.status !== 'ready') return undefined;
+    if (this.masterFile?.mustLook(now) === true) return undefined;
     return client;
   }
 
   /** The client of the current master once it is ready, waiting up to one retry interval for it. */
-  private async readyClient(deadline: number): Promise<ScriptedRedis> {
-    await this.refreshMaster();
+  private async readyClient(deadline: number): Promise<StoreClient> {
+    await this.masterFile?.refresh();
     let client = this.client;
     if (client === undefined || client.status === 'end') {
-      const address = this.address ?? this.settings.redisServer;
-      client = this.connect(address);
+      client = this.connect(this.address ?? this.settings.redisServer);
     }
     if (client.status === 'ready') return client;
     const wait = Math.max(0, Math.min(this.settings.retryIntervalMs, deadline - Date.now()));
-    await this.waitForReady(client, wait);
+    await this.sleep(wait, client.ready());
     this.assertOpen();
     if (statusOf(client) === 'ready' && client === this.client) return client;
     throw new RedisUnavailableError(
@@ -432,163 +315,30 @@ export class RedisConnection {
     );
   }
 
-  /** Follows the master file (if any): at most once per check interval, and right after a failure. */
-  private async refreshMaster(): Promise<void> {
-    if (this.masterFile === undefined) return;
-    if (Date.now() - this.lastMasterCheck >= this.settings.masterFileCheckIntervalMs) {
-      this.masterCheck ??= this.checkMasterFile(this.masterFile).finally(() => {
-        this.masterCheck = undefined;
-      });
-      await this.masterCheck;
-    }
-    if (this.masterProblem) throw this.masterProblem;
-  }
-
-  private async checkMasterFile(path: string): Promise<void> {
-    this.lastMasterCheck = Date.now();
-    let content: string;
-    try {
-      const stats = await stat(path);
-      // Size is part of the signature: the Go daemons truncate, then write, possibly within one mtime tick.
-      const signature = `${stats.mtimeMs}:${stats.size}:${stats.ino}`;
-      if (signature === this.masterSignature) return;
-      content = await readFile(path, 'utf8');
-      this.masterSignature = signature;
-    } catch (error) {
-      this.masterSignature = undefined;
-      this.masterProblem = new RedisUnavailableError(
-        `cannot read the Redis master file ${path}: ${messageOf(error)}`,
-        {
-          cause: error,
-        },
-      );
-      this.switchTo(undefined);
-      return;
-    }
-    const master = parseRedisMasterFile(content, this.settings.systemName);
-    if (master === undefined) {
-      this.masterProblem = new RedisUnavailableError(
-        `the Redis master file ${path} names no master for system ${JSON.stringify(this.settings.systemName)}`,
-      );
-    } else if (!isRedisAddress(master)) {
-      this.masterProblem = new RedisUnavailableError(
-        `the Redis master file ${path} names an invalid master ${JSON.stringify(master)}`,
-      );
-    } else {
-      this.masterProblem = undefined;
-    }
-    this.switchTo(this.masterProblem ? undefined : master);
-  }
-
-  /** Points the store at another master (or at none), closing the old client. */
+  /** The master file names another master (or none): retire the old client, connect, wake every wait. */
   private switchTo(address: string | undefined): void {
     if (address === this.address) return;
     const old = this.client;
     if (this.address !== undefined || address !== undefined) {
       this.settings.logger.info(
-        { from: this.address ?? null, to: address ?? null, file: this.masterFile },
+        { from: this.address ?? null, to: address ?? null, file: this.masterFile?.path },
         'Redis dedup store: master changed',
       );
     }
     this.client = undefined;
     this.address = address;
-    if (old) void this.retire(old);
+    if (old) void old.retire();
     if (address !== undefined) this.connect(address);
     this.wakeAll();
   }
 
-  private connect(address: string): ScriptedRedis {
-    const { host, port } = parseRedisAddress(address);
-    const { settings } = this;
-    const client = new Redis({
-      host,
-      port,
-      db: settings.db,
-      password: settings.password,
-      tls: settings.tls,
-      connectTimeout: settings.connectTimeoutMs,
-      // No commandTimeout: a timed-out command would still run on a stalled server; awaitReply waits instead.
-      // Calls wait in RedisConnection.run instead of ioredis' unbounded offline queue, and are not resent by
-      // ioredis after a reconnect (in-flight ones are rejected at the disconnect and retried by run()).
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      autoResendUnfulfilledCommands: false,
-      // Independent messages' calls share this one connection; the commands of one tick leave in one writev
-      // (coalesceWrites below). ioredis' auto-pipelining batches too, but costs ~6 us more per call
-      // (a pipeline, and two more promises per command).
-      enableAutoPipelining: false,
-      retryStrategy: (times: number) => Math.min(times * 100, settings.retryIntervalMs),
-      disableClientInfo: true,
-      // RESP2, as redis-rb speaks to the same Redis: the scripts' replies keep their shapes, and a connect is
-      // the TCP handshake alone (ioredis 6 defaults to RESP3, whose HELLO a stalled server never answers).
-      protocol: 2,
-    }) as ScriptedRedis;
-    for (const [name, script] of Object.entries(SCRIPTS)) {
-      // Without numberOfKeys, ioredis takes the number of keys as the call's first argument.
-      client.defineCommand(
-        name,
-        script.numberOfKeys < 0
-          ? { lua: script.lua }
-          : { numberOfKeys: script.numberOfKeys, lua: script.lua },
-      );
-    }
-    const lastData = { at: 0 };
-    this.lastData.set(client, lastData);
-    const received = (): void => {
-      lastData.at = Date.now();
-    };
-    client.on('connect', () => {
-      lastData.at = Date.now();
-      client.stream.on('data', received);
-      // Flushed in the check phase (setImmediate), as ioredis' auto-pipelining did: the store's batches,
-      // sent at the end of a tick, leave in the same write. The store itself holds back calls that may delete
-      // keys until the broker acks are written (see `afterAcks` in the store).
-      coalesceWrites(client.stream, setImmediate);
-    });
-    client.on('error', (error: Error) => {
+  private connect(address: string): StoreClient {
+    const client = new StoreClient(address, this.settings, (error) => {
       this.lastClientError = error;
-      settings.logger.debug({ err: error, server: address }, 'Redis dedup store: connection error');
     });
     this.client = client;
     this.address = address;
     return client;
-  }
-
-  /** Quits politely (pending replies first), or drops the connection when that takes too long. */
-  private async retire(client: Redis): Promise<void> {
-    if (client.status === 'ready') {
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, this.settings.retryIntervalMs);
-      });
-      await Promise.race([client.quit().catch(() => undefined), timeout]);
-      clearTimeout(timer);
-    }
-    if (statusOf(client) === 'end') return;
-    client.disconnect();
-    // end() alone waits for the peer's FIN, which a frozen or unreachable server never sends; destroying the
-    // socket closes it now, and ioredis rejects what is still pending ("Connection is closed").
-    (client.stream as Redis['stream'] | undefined)?.destroy();
-  }
-
-  /** Resolves at the client's next 'ready' event, or after `ms`, or when woken (close, master change). */
-  private waitForReady(client: Redis, ms: number): Promise<void> {
-    return this.sleep(ms, this.readySignal(client));
-  }
-
-  /** One listener per client however many calls wait for it. */
-  private readySignal(client: Redis): Promise<void> {
-    let signal = this.readySignals.get(client);
-    if (signal === undefined) {
-      signal = new Promise<void>((resolve) => {
-        client.once('ready', () => {
-          this.readySignals.delete(client);
-          resolve();
-        });
-      });
-      this.readySignals.set(client, signal);
-    }
-    return signal;
   }
 
   /** Resolves after `ms`, when woken (close, master change), or when `until` resolves, whichever is first. */

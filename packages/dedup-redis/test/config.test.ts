@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ConfigurationError, defaultConfig } from '@beetle/core';
 import { keyOf } from '@beetle/core/kit';
-import { isRetriableRedisError, RedisUnavailableError } from '../src/connection.js';
+import { isRetriableRedisError, RedisUnavailableError } from '../src/errors.js';
 import { RedisDedupStore } from '../src/index.js';
 import { rawClient, requireSharedRedis, TEST_REDIS } from './helpers.js';
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createServer, Socket, type Server } from 'node:net';
 import { Redis } from 'ioredis';
-import { parseRedisAddress } from '../src/master-file.js';
+import { parseRedisAddress } from '../src/master.js';
 
 /** The shared test Redis (never stopped or flushed by these tests: every test uses its own random keys). */
 export const TEST_REDIS = process.env['BEETLE_TEST_REDIS'] ?? '127.0.0.1:6379';

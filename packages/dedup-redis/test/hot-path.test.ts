@@ -7,14 +7,22 @@ import { nowSeconds, requireSharedRedis, sleep, TEST_REDIS } from './helpers.js'
 /** The store's private parts these tests look at. */
 interface Internals {
   connection: {
-    client?: { stream: Record<'_write' | '_writev', (...args: unknown[]) => void> };
-    sweeper?: NodeJS.Timeout;
-    waiting: Set<unknown>;
+    client?: { redis: { stream: Record<'_write' | '_writev', (...args: unknown[]) => void> } };
+    /** The calls waiting for their replies (a DeadlineSweeper), and its timer while it runs. */
+    waiting: { size: number; timer?: NodeJS.Timeout };
   };
 }
 
-const internals = (store: RedisDedupStore): Internals['connection'] =>
-  (store as unknown as Internals).connection;
+const internals = (store: RedisDedupStore) => {
+  const { connection } = store as unknown as Internals;
+  return {
+    client: connection.client?.redis,
+    waiting: connection.waiting,
+    get sweeper(): NodeJS.Timeout | undefined {
+      return connection.waiting.timer;
+    },
+  };
+};
 
 const happyPath = async (store: RedisDedupStore, ref: MessageRef): Promise<void> => {
   const now = nowSeconds();

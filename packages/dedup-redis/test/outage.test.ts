@@ -176,8 +176,9 @@ describe('outages of a disposable Redis', () => {
       const pending = Promise.allSettled(refs(50).map((ref) => store!.inspect(ref)));
       await sleep(500);
       // The calls wait in the store's retry loop (on timers); ioredis' offline queue stays empty.
-      const client = (store as unknown as { connection: { client?: { offlineQueue: { length: number } } } })
-        .connection.client;
+      const client = (
+        store as unknown as { connection: { client?: { redis: { offlineQueue: { length: number } } } } }
+      ).connection.client?.redis;
       expect(client?.offlineQueue.length ?? 0).toBe(0);
       await server.start();
       const results = await pending;

@@ -340,9 +340,11 @@ describe('round trips on a Redis of our own', () => {
       // What reaches the socket: the store's writes are corked and leave in one _writev (or _write).
       const stream = (
         store as unknown as {
-          connection: { client: { stream: Record<'_write' | '_writev', (...args: unknown[]) => void> } };
+          connection: {
+            client: { redis: { stream: Record<'_write' | '_writev', (...args: unknown[]) => void> } };
+          };
         }
-      ).connection.client.stream;
+      ).connection.client.redis.stream;
       for (const method of ['_write', '_writev'] as const) {
         const original = stream[method];
         stream[method] = function (this: unknown, ...args: unknown[]) {

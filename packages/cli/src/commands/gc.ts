@@ -1,18 +1,11 @@
 import { readFile } from 'node:fs/promises';
-import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core/kit';
+import { parseKey } from '@beetle/core/kit';
+import { ScanInterruptedError, type MasterWatcher, type RedisMaintenanceClient } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
 import { databasesFlag, durationFlag, stringFlag, UsageError } from '../options.js';
 import { Progress } from '../output.js';
-import type { RespClient } from '../redis.js';
 import { jsonFlag } from './shared.js';
-import {
-  interrupted,
-  scanDatabase,
-  scanSettings,
-  storeToolFlags,
-  withRestarts,
-  type MasterWatcher,
-} from './scan.js';
+import { scanDatabase, scanSettings, storeToolFlags, withRestarts } from './scan.js';
 
 /** The Go command's statistics schema (`beetle:lastgc` in db 0). */
 export interface GcQueueInfo {
@@ -58,49 +51,41 @@ class GcRun {
   }
 
   /** One SCAN batch of `msgid:*` keys. */
-  async batch(redis: RespClient, keys: readonly string[]): Promise<void> {
-    const expiresKeys: { key: string; msgId: string; queue: string; uuid: string }[] = [];
+  async batch(redis: RedisMaintenanceClient, keys: readonly string[]): Promise<void> {
+    const expiresKeys: string[] = [];
     const others: { key: string; msgId: string; queue: string }[] = [];
     for (const key of keys) {
       const parts = parseKey(key);
       if (parts === undefined || parts.queue === '') continue; // not Beetle's schema: left alone
-      if (parts.suffix === 'expires') expiresKeys.push({ key, ...parts });
+      if (parts.suffix === 'expires') expiresKeys.push(key);
       else if (parts.suffix !== 'status') others.push({ key, msgId: parts.msgId, queue: parts.queue });
       // `:status` keys are skipped: with redis_status_key_expiry_interval they outlive the others on purpose
       // and expire by themselves.
     }
 
-    const values = await redis.mget(expiresKeys.map((e) => e.key));
-    const doomed: string[][] = [];
-    expiresKeys.forEach((entry, i) => {
-      const value = values[i];
-      if (value === null || value === undefined) return; // deleted meanwhile
+    const doomed: string[] = [];
+    for (const entry of await redis.expiries(expiresKeys)) {
       this.messages++;
-      const expiresAt = rubyToI(value);
       // Ruby's pre-2.0 rule (see --help): only messages that expired more than `threshold` seconds ago.
-      if (expiresAt < this.now - this.threshold) {
+      if (entry.expiresAt < this.now - this.threshold) {
         this.expired++;
         if (this.dryRun) this.collectedDry.add(entry.msgId);
-        else doomed.push(KEY_SUFFIXES.map((suffix) => `${entry.msgId}:${suffix}`));
+        else doomed.push(entry.msgId);
       } else {
         const hours = this.stats(entry.queue).hours;
-        const hour = Math.ceil((expiresAt - this.now) / 3600) || 0;
+        const hour = Math.ceil((entry.expiresAt - this.now) / 3600) || 0;
         hours.set(hour, (hours.get(hour) ?? 0) + 1);
       }
-    });
-    if (doomed.length > 0) await redis.pipeline(doomed.map((keys8) => ['DEL', ...keys8]));
+    }
+    await redis.deleteMessages(doomed);
 
     if (others.length === 0) return;
-    const msgIds = [...new Set(others.map((o) => o.msgId))];
-    const exists = await redis.pipeline(msgIds.map((id) => ['EXISTS', `${id}:expires`]));
-    const alive = new Set(msgIds.filter((_, i) => exists[i] === 1));
+    const alive = await redis.withExpiry([...new Set(others.map((o) => o.msgId))]);
     const orphans = others.filter((o) => !alive.has(o.msgId) && !this.collectedDry.has(o.msgId));
     if (orphans.length === 0) return;
-    const deleted = this.dryRun
-      ? orphans.map(() => 1)
-      : await redis.pipeline(orphans.map((o) => ['DEL', o.key]));
+    const deleted = this.dryRun ? orphans.map(() => true) : await redis.deleteEach(orphans.map((o) => o.key));
     orphans.forEach((orphan, i) => {
-      if (deleted[i] !== 1) return; // already gone (e.g. collected above)
+      if (!deleted[i]) return; // already gone (e.g. collected above)
       this.orphans++;
       this.stats(orphan.queue).orphans++;
     });
@@ -232,7 +217,7 @@ clock differences between hosts and handlers still running when the message expi
         } else {
           const progress = new Progress(ctx.io, `gc db ${db}`, keyFile.length);
           for (let i = 0; i < keyFile.length; i += count) {
-            if (ctx.signal.aborted) throw interrupted();
+            if (ctx.signal.aborted) throw new ScanInterruptedError();
             await watcher.check();
             const extra = await onBatch(keyFile.slice(i, i + count));
             progress.tick(count, extra);

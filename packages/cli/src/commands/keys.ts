@@ -1,7 +1,5 @@
-import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { KEY_SUFFIXES, parseKey, rubyToI } from '@beetle/core/kit';
-import { isRedisAddress } from '@beetle/dedup-redis';
+import { escapeGlob, isRedisAddress, RedisMaintenanceClient } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
 import {
   booleanFlag,
@@ -12,8 +10,7 @@ import {
   UsageError,
   type FlagValues,
 } from '../options.js';
-import { connectRedis, verifiesTls, type RespArg, type RespClient, type RespValue } from '../redis.js';
-import { escapeGlob, scanDatabase, scanSettings, storeToolFlags, withRestarts } from './scan.js';
+import { scanDatabase, scanSettings, storeToolFlags, withRestarts } from './scan.js';
 
 const queuePrefixFlag = {
   'queue-prefix': {
@@ -35,24 +32,6 @@ function requiredPrefix(flags: FlagValues): string {
     throw new UsageError('--queue-prefix is required (use --queue-prefix "" for all queues)');
   return prefix;
 }
-
-/** `msgid:<prefix>*:expires` keys of a batch with their values (keys deleted meanwhile are left out). */
-async function expiries(
-  redis: RespClient,
-  keys: readonly string[],
-): Promise<{ key: string; msgId: string; expiresAt: number; raw: string }[]> {
-  const entries = keys.flatMap((key) => {
-    const parts = parseKey(key);
-    return parts?.suffix === 'expires' ? [{ key, msgId: parts.msgId }] : [];
-  });
-  const values = await redis.mget(entries.map((e) => e.key));
-  return entries.flatMap((entry, i) => {
-    const raw = values[i];
-    return raw === null || raw === undefined ? [] : [{ ...entry, raw, expiresAt: rubyToI(raw) }];
-  });
-}
-
-const allKeys = (msgId: string): string[] => KEY_SUFFIXES.map((suffix) => `${msgId}:${suffix}`);
 
 export const dumpExpiriesCommand: CommandSpec = {
   name: 'dump-expiries',
@@ -84,7 +63,7 @@ input format of Beetle's script/analyze-expiries).`,
           watcher,
           { match, count, pauseMs, label: `dump db ${db}` },
           async (keys) => {
-            for (const entry of await expiries(redis, keys)) ctx.print.out(`${entry.key}:${entry.raw}`);
+            for (const entry of await redis.expiries(keys)) ctx.print.out(`${entry.key}:${entry.raw}`);
             await ctx.print.drain();
           },
         );
@@ -134,11 +113,11 @@ longer exists; a negative value keeps messages that expired less than that long 
           watcher,
           { match, count, pauseMs, label: `delete db ${db}` },
           async (keys) => {
-            const found = await expiries(redis, keys);
+            const found = await redis.expiries(keys);
             seen += found.length;
             const doomed = found.filter((e) => e.expiresAt < limit);
             deleted += doomed.length;
-            if (!dryRun) await redis.pipeline(doomed.map((e) => ['DEL', ...allKeys(e.msgId)]));
+            if (!dryRun) await redis.deleteMessages(doomed.map((e) => e.msgId));
             return `${deleted} deleted`;
           },
         );
@@ -204,48 +183,6 @@ async function targetPassword(ctx: CommandContext): Promise<string | undefined> 
   }
   const env = ctx.io.env[TARGET_PASSWORD_ENV];
   return env === undefined || env === '' ? undefined : env;
-}
-
-/**
- * Whether `destination` is the keyspace `source` reads (same server and database), however it was named
- * (`localhost` vs `127.0.0.1`, a DNS alias, a proxy): a random probe key written to the destination is visible
- * through the source connection. It expires by itself should the DEL not get through.
- */
-async function sameKeyspace(source: RespClient, destination: RespClient): Promise<boolean> {
-  const probe = `beetle:copy-keys:probe:${randomUUID()}`;
-  await destination.call('SET', probe, '1', 'PX', 60_000);
-  try {
-    return (await source.call('EXISTS', probe)) === 1;
-  } finally {
-    await destination.call('DEL', probe);
-  }
-}
-
-/**
- * The commands writing one message's keys to the target: MSET for keys without a TTL, SET PX for keys with one
- * (e.g. a `:status` key kept for `redisStatusKeyExpiryInterval`), so they expire there as on the source. Keys
- * gone meanwhile (no value, or PTTL -2/0) are left out.
- */
-function copyCommands(
-  msgId: string,
-  values: RespValue,
-  ttls: readonly RespValue[],
-): { commands: RespArg[][]; keys: number; withTtl: number } {
-  if (!Array.isArray(values)) {
-    throw values instanceof Error ? values : new Error(`MGET of ${msgId} failed`);
-  }
-  const persistent: RespArg[] = [];
-  const expiring: RespArg[][] = [];
-  allKeys(msgId).forEach((name, j) => {
-    const value = values[j];
-    const ttl = ttls[j];
-    if (!Buffer.isBuffer(value)) return;
-    if (ttl instanceof Error) throw ttl;
-    if (ttl === -1) persistent.push(name, value);
-    else if (typeof ttl === 'number' && ttl > 0) expiring.push(['SET', name, value, 'PX', ttl]);
-  });
-  const commands = persistent.length > 0 ? [['MSET', ...persistent], ...expiring] : expiring;
-  return { commands, keys: persistent.length / 2 + expiring.length, withTtl: expiring.length };
 }
 
 export const copyKeysCommand: CommandSpec = {
@@ -317,13 +254,13 @@ database under any name) is refused.`,
         const redis = await connect(db);
         const destinationDb = targetDb ?? db;
         // The target's own password (none unless given), not the source's redis_password.
-        const destination = await connectRedis(ctx.config, target, destinationDb, {
+        const destination = await RedisMaintenanceClient.open(ctx.config, target, destinationDb, {
           password,
           tls: targetTls,
-          rejectUnauthorized: verifiesTls(ctx.io.env),
+          env: ctx.io.env,
         });
         try {
-          if (await sameKeyspace(redis, destination)) {
+          if (await destination.sameKeyspaceAs(redis)) {
             throw new UsageError(
               `--target-redis ${target} db ${destinationDb} is the source itself (${watcher.master} db ${db}: ` +
                 'a probe key written to the target showed up on the source)',
@@ -333,37 +270,20 @@ database under any name) is refused.`,
           let messages = 0;
           let written = 0;
           let withTtl = 0;
-          const stride = 1 + KEY_SUFFIXES.length;
           await scanDatabase(
             ctx,
             redis,
             watcher,
             { match, count, pauseMs, label: `copy db ${db}` },
             async (keys) => {
-              const wanted = (await expiries(redis, keys)).filter((e) => e.expiresAt >= limit);
-              const fetched = await redis.pipeline(
-                wanted.flatMap((e) => {
-                  const names = allKeys(e.msgId);
-                  return [['MGET', ...names], ...names.map((name) => ['PTTL', name])];
-                }),
+              const wanted = (await redis.expiries(keys)).filter((e) => e.expiresAt >= limit);
+              const copied = await redis.copyMessages(
+                destination,
+                wanted.map((e) => e.msgId),
               );
-              const commands: RespArg[][] = [];
-              wanted.forEach((entry, i) => {
-                const at = i * stride;
-                const copy = copyCommands(
-                  entry.msgId,
-                  fetched[at] ?? null,
-                  fetched.slice(at + 1, at + stride),
-                );
-                if (copy.keys === 0) return;
-                commands.push(...copy.commands);
-                messages++;
-                written += copy.keys;
-                withTtl += copy.withTtl;
-              });
-              const replies = await destination.pipeline(commands);
-              const failed = replies.find((r) => r instanceof Error);
-              if (failed instanceof Error) throw failed;
+              messages += copied.messages;
+              written += copied.keys;
+              withTtl += copied.withTtl;
               return `${messages} copied`;
             },
           );

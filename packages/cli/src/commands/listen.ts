@@ -1,5 +1,5 @@
 import type { Client } from '@beetle/client';
-import type { BeetleMessage } from '@beetle/core';
+import { BeetleError, type BeetleMessage } from '@beetle/core';
 import type { CommandContext, CommandSpec } from '../command.js';
 import { numberFlag } from '../options.js';
 import { errorMessage } from '../output.js';
@@ -69,9 +69,9 @@ count is reached are printed too.`,
       const up = status.filter((s) => s.state === 'consuming');
       if (up.length === 0) {
         const first = status[0];
-        throw Object.assign(
-          new Error(`no broker reachable${first === undefined ? '' : `: ${errorMessage(first.lastError)}`}`),
-          { reason: 'broker-connect' },
+        throw new BeetleError(
+          'broker-connect',
+          `no broker reachable${first === undefined ? '' : `: ${errorMessage(first.lastError)}`}`,
         );
       }
       for (const broker of status) {
@@ -112,9 +112,7 @@ Runs until SIGINT or SIGTERM or until --count messages were printed.`,
       const servers = [...ctx.config.servers, ...ctx.config.additionalSubscriptionServers];
       const probes = await probeBrokers(ctx.config, servers);
       if (probes.every((p) => p.error !== undefined)) {
-        throw Object.assign(new Error(`no broker reachable: ${probes[0]?.error ?? 'no servers'}`), {
-          reason: 'broker-connect',
-        });
+        throw new BeetleError('broker-connect', `no broker reachable: ${probes[0]?.error ?? 'no servers'}`);
       }
       for (const probe of probes) {
         if (probe.error !== undefined) {

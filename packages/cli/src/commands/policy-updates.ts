@@ -1,5 +1,5 @@
 import { checkPolicyUpdate, PolicyClient, policyUpdateAllowance } from '@beetle/broker-amqp';
-import { isBeetleError, PolicyRefusedError } from '@beetle/core';
+import { BeetleError, isBeetleError, PolicyRefusedError } from '@beetle/core';
 import type { CommandSpec } from '../command.js';
 import { numberFlag } from '../options.js';
 import { errorMessage, oneLine } from '../output.js';
@@ -79,9 +79,7 @@ acknowledged (it is not retried). Runs until SIGINT or SIGTERM, or until --count
       });
       const status = await client.listen([queue]);
       if (!status.some((s) => s.state === 'consuming')) {
-        throw Object.assign(new Error(`no broker reachable: ${errorMessage(status[0]?.lastError)}`), {
-          reason: 'broker-connect',
-        });
+        throw new BeetleError('broker-connect', `no broker reachable: ${errorMessage(status[0]?.lastError)}`);
       }
       ctx.startLogging();
       ctx.print.err(`applying policy updates from ${queue} for ${allowance.description}`);

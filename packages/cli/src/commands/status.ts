@@ -1,10 +1,10 @@
 import { BrokerConnection, brokerOptions } from '@beetle/broker-amqp';
-import { createConfig, type BeetleConfig } from '@beetle/core';
+import { BeetleError, createConfig, type BeetleConfig } from '@beetle/core';
 import { brokerAddress } from '@beetle/core/kit';
+import { RedisMaintenanceClient, resolveRedisMaster } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
 import { numberFlag } from '../options.js';
 import { errorMessage, oneLine } from '../output.js';
-import { connectRedis, resolveRedisMaster } from '../redis.js';
 import { createClient, jsonFlag, topologyFlag } from './shared.js';
 
 interface QueueDepth {
@@ -49,9 +49,9 @@ async function managementQueues(
     },
     signal: AbortSignal.timeout(timeoutMs),
   });
-  if (!response.ok) throw new Error(`GET ${url} answered ${response.status}`);
+  if (!response.ok) throw new BeetleError('management-api', `GET ${url} answered ${response.status}`);
   const list = await response.json();
-  if (!Array.isArray(list)) throw new Error(`GET ${url} did not return a list`);
+  if (!Array.isArray(list)) throw new BeetleError('management-api', `GET ${url} did not return a list`);
   return list.map((entry) => {
     const q = entry as Record<string, unknown>;
     return {
@@ -110,7 +110,7 @@ async function storeReport(config: BeetleConfig, scan: boolean, timeoutMs: numbe
   try {
     const master = await resolveRedisMaster(config);
     report.master = master;
-    const redis = await connectRedis(config, master, config.redisDb, {
+    const redis = await RedisMaintenanceClient.open(config, master, config.redisDb, {
       connectTimeoutMs: timeoutMs,
       commandTimeoutMs: Math.max(timeoutMs, 10_000),
     });
@@ -119,12 +119,7 @@ async function storeReport(config: BeetleConfig, scan: boolean, timeoutMs: numbe
       report.reachable = true;
       if (scan) {
         let messages = 0;
-        let cursor = '0';
-        do {
-          const [next, keys] = await redis.scan(cursor, 'msgid:*:expires', 10_000);
-          messages += keys.length;
-          cursor = next;
-        } while (cursor !== '0');
+        for await (const keys of redis.scanKeys('msgid:*:expires', 10_000)) messages += keys.length;
         report.messages = messages;
       }
       await redis.call('SELECT', 0);

@@ -176,6 +176,11 @@ export class MemoryDedupStore implements DedupStore {
     return Math.ceil((entry.expiresAtMs - this.clock()) / 1000);
   }
 
+  /** Always ready: the store is in this process. */
+  ping(): Promise<void> {
+    return Promise.resolve();
+  }
+
   close(): Promise<void> {
     this.entries.clear();
     return Promise.resolve();

@@ -189,6 +189,13 @@ export interface DedupStore {
    */
   release?(ref: MessageRef, params: ReleaseParams): Promise<boolean>;
 
+  /**
+   * Optional. A health check (Ruby's `ping`): resolves once the store can serve calls, rejects with the reason
+   * it cannot (for the Redis store: after its failover timeout, with `NoRedisMasterError`). `Client.health()`
+   * reports it; a store without it reports no store health.
+   */
+  ping?(): Promise<void>;
+
   /** The raw stored values as a Ruby consumer would read them (for tools, tests and debugging). */
   inspect(ref: MessageRef): Promise<Partial<Record<KeySuffix, string>>>;
 

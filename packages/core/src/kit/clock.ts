@@ -9,6 +9,9 @@ export interface Clock {
   nowMs(): number;
   setTimeout(callback: () => void, ms: number): TimerHandle;
   clearTimeout(handle: TimerHandle): void;
+  /** A repeating timer; optional (a `DeadlineSweeper` without it re-arms timeouts instead). */
+  setInterval?(callback: () => void, ms: number): TimerHandle;
+  clearInterval?(handle: TimerHandle): void;
 }
 
 /** Opaque timer handle. */
@@ -19,4 +22,6 @@ export const systemClock: Clock = {
   nowMs: () => Date.now(),
   setTimeout: (callback, ms) => setTimeout(callback, ms),
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+  setInterval: (callback, ms) => setInterval(callback, ms),
+  clearInterval: (handle) => clearInterval(handle as ReturnType<typeof setInterval>),
 };

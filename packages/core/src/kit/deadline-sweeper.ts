@@ -10,6 +10,12 @@ export interface DeadlineSweeperOptions<T> {
    * first item not due, so a sweep costs O(expired) instead of O(pending).
    */
   readonly ordered?: boolean;
+  /**
+   * One repeating timer while anything is watched, stopped by the first sweep that finds nothing, instead of
+   * a timeout armed again after every sweep: for a sweeper that is rarely idle (a busy connection's replies).
+   * Needs a clock with `setInterval` (the system clock has it); without one, timeouts are used.
+   */
+  readonly repeating?: boolean;
   readonly clock?: Clock;
 }
 
@@ -22,9 +28,14 @@ export class DeadlineSweeper<T> {
   private readonly deadlines = new Map<T, number>();
   private timer: TimerHandle;
   private readonly clock: Clock;
+  private readonly repeating: boolean;
 
   constructor(private readonly options: DeadlineSweeperOptions<T>) {
     this.clock = options.clock ?? systemClock;
+    this.repeating =
+      options.repeating === true &&
+      this.clock.setInterval !== undefined &&
+      this.clock.clearInterval !== undefined;
   }
 
   /** Items watched. */
@@ -48,27 +59,43 @@ export class DeadlineSweeper<T> {
     return this.deadlines.delete(item);
   }
 
-  /** Stops watching everything and returns what was watched (their callbacks are not called). */
+  /**
+   * Stops watching everything and returns what was watched, e.g. to wake every wait at once (the callbacks of
+   * the items are not called; the timer stops at its next sweep).
+   */
   takeAll(): T[] {
     const items = [...this.deadlines.keys()];
-    this.clear();
+    this.deadlines.clear();
     return items;
   }
 
   /** Stops watching everything (the callbacks of the items are not called). */
   clear(): void {
     this.deadlines.clear();
-    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
-    this.timer = undefined;
+    this.stop();
   }
 
   private arm(): void {
-    this.timer = this.clock.setTimeout(() => this.sweep(), this.options.periodMs);
+    this.timer = this.repeating
+      ? this.clock.setInterval!(() => this.sweep(), this.options.periodMs)
+      : this.clock.setTimeout(() => this.sweep(), this.options.periodMs);
     (this.timer as { unref?: () => void } | undefined)?.unref?.();
   }
 
-  private sweep(): void {
+  private stop(): void {
+    if (this.timer === undefined) return;
+    if (this.repeating) this.clock.clearInterval!(this.timer);
+    else this.clock.clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  private sweep(): void {
+    if (!this.repeating) {
+      this.timer = undefined;
+    } else if (this.deadlines.size === 0) {
+      this.stop();
+      return;
+    }
     const now = this.clock.nowMs();
     const due: T[] = [];
     for (const [item, deadline] of this.deadlines) {
@@ -79,7 +106,7 @@ export class DeadlineSweeper<T> {
       due.push(item);
     }
     for (const item of due) this.deadlines.delete(item);
-    if (this.deadlines.size > 0) this.arm();
+    if (!this.repeating && this.deadlines.size > 0) this.arm();
     for (const item of due) this.options.onExpired(item);
   }
 }

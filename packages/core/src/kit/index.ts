@@ -5,6 +5,7 @@
  */
 
 // Timing and concurrency helpers.
+export { amqplibAckFlush, type AckFlush } from './ack-flush.js';
 export { backoff, type BackoffOptions } from './backoff.js';
 export { Batcher, type Schedule } from './batch.js';
 export { systemClock, type Clock, type TimerHandle } from './clock.js';

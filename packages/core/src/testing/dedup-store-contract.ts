@@ -842,6 +842,16 @@ export function describeDedupStoreContract(name: string, factory: DedupStoreFact
       });
     });
 
+    describe('ping() (optional: the health check)', () => {
+      const fixture = withStore(0);
+
+      it('resolves while the store can serve calls', async () => {
+        const { store } = fixture.current();
+        if (!store.ping) return; // optional
+        await expect(store.ping()).resolves.toBeUndefined();
+      });
+    });
+
     describe('concurrency', () => {
       const fixture = withStore(0);
       const N = 25;

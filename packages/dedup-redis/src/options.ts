@@ -1,0 +1,134 @@
+import type { ConnectionOptions } from 'node:tls';
+import { ConfigurationError, silentLogger, type BeetleConfig, type Logger } from '@beetle/core';
+import type { AckFlush } from '@beetle/core/kit';
+import { redisTlsOptions } from './client.js';
+import type { RedisConnectionSettings } from './connection.js';
+
+/** Options of {@link RedisDedupStore}. Durations are in seconds, like Ruby Beetle's configuration. */
+export interface RedisDedupStoreOptions {
+  /** `host:port`, or the path of a Redis master file (reference §4.8). Default `localhost:6379`. */
+  readonly redisServer?: string;
+  /** Which line of the master file applies. Default `system`. */
+  readonly systemName?: string;
+  /** Database of the dedup store. Default 4. */
+  readonly db?: number;
+  readonly password?: string | undefined;
+  /** `true` for TLS with default options (verification off when env `OPENSSL_SSL_VERIFY_NONE=1`), or options. */
+  readonly tls?: boolean | ConnectionOptions;
+  /** Seconds to establish a connection. Default 5. */
+  readonly connectTimeout?: number;
+  /**
+   * Seconds without a reply after which a call counts as stalled: the outage is logged, the master file is
+   * looked at and the connection is checked (a dead one is replaced). Commands are not resent on a live
+   * connection, so a stalled server never runs one twice. Checked every 250 ms (a quarter of readTimeout if
+   * shorter), so noticed up to that much later. Default 5.
+   */
+  readonly readTimeout?: number;
+  /** Seconds every call keeps retrying while Redis is unreachable, then `NoRedisMasterError`. Default 180. */
+  readonly failoverTimeout?: number;
+  /** Seconds between two attempts of a call during an outage. Default 1. */
+  readonly retryInterval?: number;
+  /** Seconds between two looks at the master file on the hot path. Default 1. */
+  readonly masterFileCheckInterval?: number;
+  /** Seconds the `status` key outlives a processed message; 0 (default) deletes it with the others. */
+  readonly statusKeyExpiryInterval?: number;
+  /** Silent by default. */
+  readonly logger?: Logger;
+  /**
+   * When the calls that may delete a message's keys are sent: after the caller's broker acks were written
+   * (see `AckFlush`). Default `amqplibAckFlush`, right for acks sent through `@beetle/broker-amqp`.
+   */
+  readonly ackFlush?: AckFlush;
+}
+
+/**
+ * The core configuration fields the store reads (Ruby names, seconds). `redisWriteTimeout` is not used: ioredis
+ * has no separate write timeout, a command's timeout (`redisReadTimeout`) covers writing and reading.
+ */
+export type RedisDedupStoreConfig = Partial<
+  Pick<
+    BeetleConfig,
+    | 'redisServer'
+    | 'systemName'
+    | 'redisDb'
+    | 'redisPassword'
+    | 'redisTls'
+    | 'redisConnectTimeout'
+    | 'redisReadTimeout'
+    | 'redisWriteTimeout'
+    | 'redisFailoverTimeout'
+    | 'redisStatusKeyExpiryInterval'
+  >
+>;
+
+const seconds = (name: string, value: number | undefined, fallback: number): number => {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new ConfigurationError(`${name} must be a non-negative number of seconds, got ${String(value)}`, {
+      key: name,
+    });
+  }
+  return value;
+};
+
+/** The store's settings from its options: validated, defaults applied, in milliseconds for the connection. */
+export function storeSettings(options: RedisDedupStoreOptions): {
+  readonly statusKeyExpiryInterval: number;
+  /** Seconds. */
+  readonly failoverTimeout: number;
+  readonly connection: RedisConnectionSettings;
+} {
+  const interval = seconds('statusKeyExpiryInterval', options.statusKeyExpiryInterval, 0);
+  if (!Number.isInteger(interval)) {
+    throw new ConfigurationError(`statusKeyExpiryInterval must be whole seconds, got ${interval}`, {
+      key: 'statusKeyExpiryInterval',
+    });
+  }
+  const db = options.db ?? 4;
+  if (!Number.isInteger(db) || db < 0) {
+    throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
+  }
+  const redisServer = (options.redisServer ?? 'localhost:6379').trim();
+  if (redisServer === '')
+    throw new ConfigurationError('redisServer must not be empty', { key: 'redisServer' });
+  // In the order of the fields below (the first invalid one is reported).
+  const connectTimeout = seconds('connectTimeout', options.connectTimeout, 5);
+  const readTimeout = seconds('readTimeout', options.readTimeout, 5);
+  const failoverTimeout = seconds('failoverTimeout', options.failoverTimeout, 180);
+  return {
+    statusKeyExpiryInterval: interval,
+    failoverTimeout,
+    connection: {
+      redisServer,
+      systemName: options.systemName ?? 'system',
+      db,
+      password: options.password === '' ? undefined : options.password,
+      tls: redisTlsOptions(options.tls),
+      connectTimeoutMs: connectTimeout * 1000,
+      readTimeoutMs: readTimeout * 1000,
+      failoverTimeoutMs: failoverTimeout * 1000,
+      retryIntervalMs: seconds('retryInterval', options.retryInterval, 1) * 1000,
+      masterFileCheckIntervalMs:
+        seconds('masterFileCheckInterval', options.masterFileCheckInterval, 1) * 1000,
+      logger: options.logger ?? silentLogger,
+    },
+  };
+}
+
+/** The store's options from core's configuration fields (Ruby names and units). */
+export const optionsFromConfig = (
+  config: RedisDedupStoreConfig,
+  extra: { readonly logger?: Logger; readonly ackFlush?: AckFlush },
+): RedisDedupStoreOptions => ({
+  redisServer: config.redisServer,
+  systemName: config.systemName,
+  db: config.redisDb,
+  password: config.redisPassword ?? undefined,
+  tls: config.redisTls,
+  connectTimeout: config.redisConnectTimeout,
+  readTimeout: config.redisReadTimeout,
+  failoverTimeout: config.redisFailoverTimeout,
+  statusKeyExpiryInterval: config.redisStatusKeyExpiryInterval,
+  logger: extra.logger,
+  ackFlush: extra.ackFlush,
+});
