@@ -61,11 +61,13 @@ export class DeadlineSweeper<T> {
 
   /**
    * Stops watching everything and returns what was watched, e.g. to wake every wait at once (the callbacks of
-   * the items are not called; the timer stops at its next sweep).
+   * the items are not called). A timeout stops now; a repeating timer at its next sweep, so that a busy
+   * sweeper woken often does not create an interval each time.
    */
   takeAll(): T[] {
     const items = [...this.deadlines.keys()];
     this.deadlines.clear();
+    if (!this.repeating) this.stop();
     return items;
   }
 
