@@ -8,6 +8,7 @@ import {
   type DedupStore,
   type ExchangeOptions,
   type Logger,
+  type Telemetry,
   type KnownMessages,
   type MessageMap,
   type MessageOptions,
@@ -38,6 +39,8 @@ export interface ClientOptions<M extends MessageMap = MessageMap> {
    */
   readonly store?: DedupStore;
   readonly logger?: Logger;
+  /** Observes publishes and deliveries (tracing, metrics: `@beetle/telemetry`). */
+  readonly telemetry?: Telemetry;
 }
 
 export interface StoreHealth {
@@ -71,6 +74,7 @@ export class Client<M extends MessageMap = MessageMap> {
   private subscriberInstance: Subscriber | undefined;
   private readonly handlers: { queues: string[]; handler: Handler; options: HandlerOptions }[] = [];
   private readonly traces = new Set<TraceHandle>();
+  private readonly telemetry: Telemetry | undefined;
 
   constructor(options: ClientOptions<M> = {}) {
     this.config = createConfig(options.config);
@@ -79,6 +83,7 @@ export class Client<M extends MessageMap = MessageMap> {
     this.pool = new BrokerPool(this.config, this.logger);
     this.storeInstance = options.store;
     this.ownsStore = options.store === undefined;
+    this.telemetry = options.telemetry;
   }
 
   // --- declarations -------------------------------------------------------------------------------
@@ -130,6 +135,7 @@ export class Client<M extends MessageMap = MessageMap> {
       topology: this.topology,
       pool: this.pool,
       logger: this.logger,
+      ...(this.telemetry === undefined ? {} : { telemetry: this.telemetry }),
     });
     return this.publisherInstance;
   }
@@ -177,6 +183,7 @@ export class Client<M extends MessageMap = MessageMap> {
         store: this.store,
         pool: this.pool,
         logger: this.logger,
+        ...(this.telemetry === undefined ? {} : { telemetry: this.telemetry }),
       });
       for (const { queues, handler, options } of this.handlers) {
         for (const q of queues) subscriber.register(q, handler, options);

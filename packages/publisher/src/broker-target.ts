@@ -1,4 +1,11 @@
-import type { BeetleConfig, Logger, MessageDefinition, Topology } from '@beetle/core';
+import type {
+  BeetleConfig,
+  CopyObservation,
+  Logger,
+  MessageDefinition,
+  PublishObservation,
+  Topology,
+} from '@beetle/core';
 import { encodeMessage, Memo, validatePublish, type EncodedMessage } from '@beetle/core/kit';
 import {
   setupQueue,
@@ -9,7 +16,7 @@ import {
   type SetupQueueResult,
   type TopologyDeclarer,
 } from '@beetle/broker-amqp';
-import type { PublisherEmitter, PublishOptions } from './types.js';
+import type { PlacementOptions, PublisherEmitter } from './types.js';
 
 /** A message ready to go out: encoded and validated once, sent as the same bytes to every broker. */
 export interface Prepared {
@@ -18,6 +25,8 @@ export interface Prepared {
   readonly key: string;
   readonly mandatory: boolean;
   readonly message: EncodedMessage;
+  /** A telemetry's observation of this publish: every copy sent is observed. */
+  readonly observation?: PublishObservation | undefined;
 }
 
 /**
@@ -27,7 +36,7 @@ export interface Prepared {
 export function prepareMessage(
   definition: MessageDefinition,
   payload: unknown,
-  options: PublishOptions,
+  options: PlacementOptions,
   messageId: string,
   redundant: boolean,
   context: { readonly config: BeetleConfig; readonly now: (() => number) | undefined },
@@ -60,6 +69,7 @@ export function prepareMessage(
     key,
     mandatory: options.mandatory ?? definition.mandatory,
     message,
+    observation: options.observation,
   };
 }
 
@@ -134,10 +144,42 @@ export class BrokerTarget {
 
   /** Sends the message: at once when the channel is open and the exchange prepared, else after both. */
   send(prepared: Prepared): Promise<void> {
+    if (prepared.observation !== undefined) return this.sendObserved(prepared, prepared.observation);
+    return this.sendNow(prepared);
+  }
+
+  private sendNow(prepared: Prepared): Promise<void> {
     const connection = this.current();
     const channel = connection.readyPublishChannel();
     if (channel && this.exchanges.isDone(prepared.exchange)) return publish(channel, prepared);
     return this.sendSlow(connection, prepared);
+  }
+
+  /** `send`, observed as a copy on this broker (an observer that throws is logged and ignored). */
+  private sendObserved(prepared: Prepared, observation: PublishObservation): Promise<void> {
+    let copy: CopyObservation | undefined;
+    try {
+      copy = observation.copy(this.server);
+    } catch (error) {
+      this.context.logger.error({ err: error, server: this.server }, 'telemetry observer threw; ignored');
+    }
+    const sending = this.sendNow(prepared);
+    if (copy === undefined) return sending;
+    const observed = copy;
+    const end = (error?: unknown): void => {
+      try {
+        observed.end(error);
+      } catch (observerError) {
+        this.context.logger.error({ err: observerError }, 'telemetry observer threw; ignored');
+      }
+    };
+    return sending.then(
+      () => end(),
+      (error: unknown) => {
+        end(error);
+        throw error;
+      },
+    );
   }
 
   private async sendSlow(connection: PublisherConnection, prepared: Prepared): Promise<void> {

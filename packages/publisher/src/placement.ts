@@ -11,7 +11,7 @@ import type { Clock } from '@beetle/core/kit';
 import { prepareMessage, withoutRedundantFlag, type BrokerTarget, type Prepared } from './broker-target.js';
 import type { Rotation } from './rotation.js';
 import type { Throttle } from './throttle.js';
-import type { PublishOptions, PublisherEmitter } from './types.js';
+import type { PlacementOptions, PublisherEmitter } from './types.js';
 
 /** Where a publish went: the brokers that confirmed it, in the order they did (1, or 2 when redundant). */
 export interface Placed {
@@ -63,7 +63,7 @@ export class Placement {
   place(
     definition: MessageDefinition,
     payload: unknown,
-    options: PublishOptions,
+    options: PlacementOptions,
     deadline: number,
   ): Promise<Placed> {
     const { rotation } = this.context;
@@ -109,7 +109,7 @@ export class Placement {
   private async placeSlow(
     definition: MessageDefinition,
     payload: unknown,
-    options: PublishOptions,
+    options: PlacementOptions,
     deadline: number,
     validated?: Prepared,
   ): Promise<Placed> {

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import {
   BeetleError,
   ClosedError,
@@ -7,6 +8,8 @@ import {
   type MessageDefinition,
   type MessageMap,
   type Topology,
+  type PublishObservation,
+  type Telemetry,
 } from '@beetle/core';
 import { systemClock, toError, TypedEmitter } from '@beetle/core/kit';
 import { BrokerPool, PolicyClient, type PublisherPool, type SetupQueueResult } from '@beetle/broker-amqp';
@@ -15,7 +18,7 @@ import { InFlight } from './in-flight.js';
 import { Placement, type Placed } from './placement.js';
 import { Rotation } from './rotation.js';
 import { Throttle } from './throttle.js';
-import type { PublisherEvents, PublishOptions } from './types.js';
+import type { PlacementOptions, PublisherEvents, PublishOptions } from './types.js';
 
 export interface PublisherOptions<M extends MessageMap = MessageMap> {
   readonly config: BeetleConfig;
@@ -26,6 +29,8 @@ export interface PublisherOptions<M extends MessageMap = MessageMap> {
    */
   readonly pool?: PublisherPool;
   readonly logger?: Logger;
+  /** Observes every publish (tracing, metrics: `@beetle/telemetry`); nothing extra is done without one. */
+  readonly telemetry?: Telemetry;
   /** Clock in Unix seconds (for `timestamp`/`expires_at`); injectable for tests. */
   readonly now?: () => number;
 }
@@ -76,6 +81,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
   readonly topology: Topology<M>;
   private readonly ownPool: BrokerPool | undefined;
   private readonly logger: Logger;
+  private readonly telemetry: Telemetry | undefined;
   private readonly events: TypedEmitter<PublisherEvents>;
   private readonly targets: readonly BrokerTarget[];
   private readonly rotation: Rotation;
@@ -88,6 +94,7 @@ export class Publisher<M extends MessageMap = MessageMap> {
     this.config = options.config;
     this.topology = options.topology;
     this.logger = options.logger ?? silentLogger;
+    this.telemetry = options.telemetry;
     let pool = options.pool;
     if (pool === undefined) {
       this.ownPool = new BrokerPool(options.config, this.logger);
@@ -191,9 +198,10 @@ export class Publisher<M extends MessageMap = MessageMap> {
   ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const entry = this.window.enter(definition.name, deadline, reject);
+      const observation = this.telemetry === undefined ? undefined : this.observe(definition, options);
       let work: Promise<Placed>;
       try {
-        work = this.placement.place(definition, payload, options, deadline);
+        work = this.placement.place(definition, payload, observation?.options ?? options, deadline);
       } catch (error) {
         // e.g. a payload JSON.stringify cannot encode, or a closed pool: the slot must still be released.
         work = Promise.reject(toError(error));
@@ -202,14 +210,51 @@ export class Publisher<M extends MessageMap = MessageMap> {
         (placed) => {
           const count = this.report(placed);
           this.window.leave(entry);
+          if (observation !== undefined) this.endObservation(observation.observation, placed.servers);
           resolve(count);
         },
         (error: unknown) => {
           this.window.leave(entry);
+          if (observation !== undefined) this.endObservation(observation.observation, [], error);
           reject(toError(error));
         },
       );
     });
+  }
+
+  /**
+   * Starts observing a publish: its message id is fixed here (the observation names it) and the observation's
+   * headers (trace context) go under the caller's. An observer that throws is logged; the publish goes on.
+   */
+  private observe(
+    definition: MessageDefinition,
+    options: PublishOptions,
+  ): { readonly observation: PublishObservation; readonly options: PlacementOptions } | undefined {
+    const messageId = options.messageId ?? randomUUID();
+    try {
+      const observation = this.telemetry?.publish?.({
+        message: definition.name,
+        exchange: definition.exchange,
+        routingKey: options.key ?? definition.key,
+        messageId,
+        redundant: options.redundant ?? definition.redundant,
+      });
+      if (observation === undefined) return undefined;
+      const headers =
+        observation.headers === undefined ? options.headers : { ...observation.headers, ...options.headers };
+      return { observation, options: { ...options, messageId, headers, observation } };
+    } catch (error) {
+      this.logger.error({ err: error, message: definition.name }, 'telemetry observer threw; ignored');
+      return undefined;
+    }
+  }
+
+  private endObservation(observation: PublishObservation, servers: readonly string[], error?: unknown): void {
+    try {
+      observation.end(error === undefined ? { servers } : { servers, error });
+    } catch (observerError) {
+      this.logger.error({ err: observerError }, 'telemetry observer threw; ignored');
+    }
   }
 
   /** The `partial` and `published` events of a placed publish; the number of brokers that confirmed it. */

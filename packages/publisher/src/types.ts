@@ -1,4 +1,4 @@
-import type { Headers } from '@beetle/core';
+import type { Headers, PublishObservation } from '@beetle/core';
 import type { TypedEmitter } from '@beetle/core/kit';
 
 /** Per-publish options (Ruby's publishing options, plus `messageId`). They override the registration. */
@@ -20,6 +20,11 @@ export interface PublishOptions {
    * up to 255 bytes; note that Ruby's garbage collectors only collect the keys of lowercase hex ids.
    */
   messageId?: string;
+}
+
+/** What placement gets: the caller's options, and the telemetry's observation of the publish if any. */
+export interface PlacementOptions extends PublishOptions {
+  readonly observation?: PublishObservation | undefined;
 }
 
 /** Payloads of the publisher's events. */
