@@ -9,7 +9,10 @@ export default defineConfig({
     alias: [
       { find: '@beetle/core/testing', replacement: src('./packages/core/src/testing/index.ts') },
       { find: '@beetle/core/kit', replacement: src('./packages/core/src/kit/index.ts') },
-      { find: /^@beetle\/telemetry\/(otel|prometheus)$/, replacement: src('./packages/telemetry/src/$1/index.ts') },
+      {
+        find: /^@beetle\/telemetry\/(otel|prometheus)$/,
+        replacement: src('./packages/telemetry/src/$1/index.ts'),
+      },
       { find: '@beetle/test-services', replacement: src('./tooling/test-services/src/index.ts') },
       { find: /^@beetle\/([a-z-]+)$/, replacement: src('./packages/$1/src/index.ts') },
     ],
