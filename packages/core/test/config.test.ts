@@ -48,6 +48,7 @@ describe('defaults', () => {
       redisTls: false,
       redisFailoverTimeout: 180,
       redisStatusKeyExpiryInterval: 0,
+      redisCompletedStatusTtl: 600, // TS only (Ruby deletes every key: 0)
       redisConfigurationMasterRetries: 3,
       redisConfigurationMasterRetryInterval: 10,
       redisConfigurationClientTimeout: 5,
@@ -147,6 +148,7 @@ describe('option table', () => {
       expect(rubyNames).toContain(name);
     }
     expect(configOptions.filter((o) => o.tsOnly === true).map((o) => o.name)).toEqual([
+      'redisCompletedStatusTtl',
       'deadServerRetryInterval',
       'publisherMaxInFlight',
       'publishTimeout',

@@ -7,8 +7,8 @@ interface MemoryInternals {
   entries: Map<string, { value: string; expiresAtMs: number | undefined }>;
 }
 
-describeDedupStoreContract('MemoryDedupStore', ({ statusKeyExpiryInterval }) => {
-  const store = new MemoryDedupStore({ statusKeyExpiryInterval });
+describeDedupStoreContract('MemoryDedupStore', ({ statusKeyExpiryInterval, completedStatusTtl }) => {
+  const store = new MemoryDedupStore({ statusKeyExpiryInterval, completedStatusTtl });
   const internals = store as unknown as MemoryInternals;
   return {
     store,

@@ -124,6 +124,19 @@ export const deleteAllBatch = (redis: ScriptedRedis, refs: readonly MessageRef[]
   return redis.del(keys);
 };
 
+/**
+ * The forget script over each message (the cleanup keeping `status=completed`, see FORGET): the number of
+ * message ids, the ids, then the status-key expiry interval and the completed-status TTL.
+ */
+export const forgetBatch =
+  (interval: string, completedTtl: string) =>
+  (redis: ScriptedRedis, refs: readonly MessageRef[]): Promise<unknown> => {
+    const args: string[] = [String(refs.length)];
+    for (const ref of refs) args.push(msgId(ref));
+    args.push(interval, completedTtl);
+    return redis.beetleForget(...args);
+  };
+
 /** Batches of a plain command whose reply answers every message in it. */
 export const commandBatcher = <I>(
   connection: RedisConnection,

@@ -30,8 +30,18 @@ export interface RedisDedupStoreOptions {
   readonly retryInterval?: number;
   /** Seconds between two looks at the master file on the hot path. Default 1. */
   readonly masterFileCheckInterval?: number;
-  /** Seconds the `status` key outlives a processed message; 0 (default) deletes it with the others. */
+  /**
+   * Seconds the `status` key outlives a processed message, on the simple path too (Ruby
+   * `redis_status_key_expiry_interval`); 0 (default) leaves it to `completedStatusTtl`.
+   */
   readonly statusKeyExpiryInterval?: number;
+  /**
+   * Seconds `status=completed` and `expires` outlive the final ack of a message handled on the full path
+   * (redundant, or with retries), at most until the message's `expires_at` (plus a minute for clocks), at
+   * least `statusKeyExpiryInterval`: a copy that comes back meanwhile (a broker that forgot an ack) is acked
+   * as a duplicate. Default 600; 0 deletes every key (Ruby's behaviour with its default interval 0).
+   */
+  readonly completedStatusTtl?: number;
   /** Silent by default. */
   readonly logger?: Logger;
   /**
@@ -58,6 +68,7 @@ export type RedisDedupStoreConfig = Partial<
     | 'redisWriteTimeout'
     | 'redisFailoverTimeout'
     | 'redisStatusKeyExpiryInterval'
+    | 'redisCompletedStatusTtl'
   >
 >;
 
@@ -71,19 +82,31 @@ const seconds = (name: string, value: number | undefined, fallback: number): num
   return value;
 };
 
+const wholeSeconds = (name: string, value: number | undefined, fallback: number): number => {
+  const result = seconds(name, value, fallback);
+  if (!Number.isInteger(result)) {
+    throw new ConfigurationError(`${name} must be whole seconds, got ${result}`, { key: name });
+  }
+  return result;
+};
+
+/** Default of {@link RedisDedupStoreOptions.completedStatusTtl} (core's `redisCompletedStatusTtl`). */
+export const DEFAULT_COMPLETED_STATUS_TTL = 600;
+
 /** The store's settings from its options: validated, defaults applied, in milliseconds for the connection. */
 export function storeSettings(options: RedisDedupStoreOptions): {
   readonly statusKeyExpiryInterval: number;
+  readonly completedStatusTtl: number;
   /** Seconds. */
   readonly failoverTimeout: number;
   readonly connection: RedisConnectionSettings;
 } {
-  const interval = seconds('statusKeyExpiryInterval', options.statusKeyExpiryInterval, 0);
-  if (!Number.isInteger(interval)) {
-    throw new ConfigurationError(`statusKeyExpiryInterval must be whole seconds, got ${interval}`, {
-      key: 'statusKeyExpiryInterval',
-    });
-  }
+  const interval = wholeSeconds('statusKeyExpiryInterval', options.statusKeyExpiryInterval, 0);
+  const completedStatusTtl = wholeSeconds(
+    'completedStatusTtl',
+    options.completedStatusTtl,
+    DEFAULT_COMPLETED_STATUS_TTL,
+  );
   const db = options.db ?? 4;
   if (!Number.isInteger(db) || db < 0) {
     throw new ConfigurationError(`db must be a non-negative integer, got ${String(db)}`, { key: 'db' });
@@ -97,6 +120,7 @@ export function storeSettings(options: RedisDedupStoreOptions): {
   const failoverTimeout = seconds('failoverTimeout', options.failoverTimeout, 180);
   return {
     statusKeyExpiryInterval: interval,
+    completedStatusTtl,
     failoverTimeout,
     connection: {
       redisServer,
@@ -129,6 +153,7 @@ export const optionsFromConfig = (
   readTimeout: config.redisReadTimeout,
   failoverTimeout: config.redisFailoverTimeout,
   statusKeyExpiryInterval: config.redisStatusKeyExpiryInterval,
+  completedStatusTtl: config.redisCompletedStatusTtl,
   logger: extra.logger,
   ackFlush: extra.ackFlush,
 });

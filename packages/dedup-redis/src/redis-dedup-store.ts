@@ -33,6 +33,7 @@ import {
   completeBatch,
   deleteAllBatch,
   failResult,
+  forgetBatch,
   MAX_BATCH,
   sendClaim,
   sendScript,
@@ -83,8 +84,12 @@ const REPLY_TTL_MARGIN = 60;
  */
 export class RedisDedupStore implements DedupStore {
   readonly statusKeyExpiryInterval: number;
+  /** Seconds `status=completed` outlives the last ack on the full path (see `completedStatusTtl`). */
+  readonly completedStatusTtl: number;
   /** `statusKeyExpiryInterval` as the acknowledged script takes it. */
   private readonly intervalArg: string;
+  /** `completedStatusTtl` as the scripts take it. */
+  private readonly completedTtlArg: string;
   private readonly connection: RedisConnection;
   private readonly replies: ReplyKeys;
   private readonly claims: Batcher<ClaimItem, ClaimResult>;
@@ -97,6 +102,8 @@ export class RedisDedupStore implements DedupStore {
     const settings = storeSettings(options);
     this.statusKeyExpiryInterval = settings.statusKeyExpiryInterval;
     this.intervalArg = String(settings.statusKeyExpiryInterval);
+    this.completedStatusTtl = settings.completedStatusTtl;
+    this.completedTtlArg = String(settings.completedStatusTtl);
     this.connection = new RedisConnection(settings.connection);
     // A stored reply must outlive every resend of its call: resends stop at the failover timeout.
     const failoverTimeout = settings.failoverTimeout;
@@ -121,7 +128,16 @@ export class RedisDedupStore implements DedupStore {
     );
     this.completions = commandBatcher(connection, 'complete', completeBatch, thisTick);
     this.ackFlush = options.ackFlush ?? amqplibAckFlush;
-    this.deletions = commandBatcher(connection, 'acknowledged', deleteAllBatch, this.ackFlush);
+    // Ruby's plain DEL when nothing outlives the cleanup, else the forget script (same single round trip).
+    const keepsStatus = settings.statusKeyExpiryInterval > 0 || settings.completedStatusTtl > 0;
+    this.deletions = keepsStatus
+      ? commandBatcher(
+          connection,
+          'acknowledged',
+          forgetBatch(this.intervalArg, this.completedTtlArg),
+          this.ackFlush,
+        )
+      : commandBatcher(connection, 'acknowledged', deleteAllBatch, this.ackFlush);
   }
 
   /** A store configured from core's configuration fields (Ruby names and units). */
@@ -181,21 +197,19 @@ export class RedisDedupStore implements DedupStore {
   async acknowledged(ref: MessageRef, params: AcknowledgedParams): Promise<void> {
     const acks = acksOf(params);
     // Nothing to count: a non-redundant message, or both acks of a redundant one at once (the count reaches 2
-    // whatever it was). Without a status-key expiry that is Ruby's DEL of all keys, no script needed.
-    if ((!params.redundant || acks >= 2) && this.statusKeyExpiryInterval <= 0) {
+    // whatever it was). Batched with the other cleanups of the tick: Ruby's DEL of all keys, or the tombstone.
+    if (!params.redundant || acks >= 2) {
       await this.deletions.add(ref);
       return;
     }
-    const interval = this.intervalArg;
     await new Promise<void>((resolve) => this.ackFlush(resolve));
-    if (params.redundant) {
-      // A count: a resend is answered from the stored reply (counted twice, one ack would delete the keys).
-      await this.runOnce('acknowledged', 'beetleAcknowledged', ref, ['1', interval, String(acks)]);
-    } else {
-      // DEL + EXPIRE: harmless to repeat, so no reply key (it still deletes those of earlier calls).
-      const call = this.replies.call([msgId(ref)], '', ['0', interval, '1']);
-      await this.connection.run('acknowledged', sendScript, 'beetleAcknowledged', call);
-    }
+    // A count: a resend is answered from the stored reply (counted twice, one ack would delete the keys).
+    await this.runOnce('acknowledged', 'beetleAcknowledged', ref, [
+      '1',
+      this.intervalArg,
+      String(acks),
+      this.completedTtlArg,
+    ]);
   }
 
   /**

@@ -199,40 +199,95 @@ return reply({outcome, attempts_count, exceptions_count, delay_until})
 };
 
 /**
+ * The end of a message's keys once its last ack is counted (Ruby's `del_keys`), as a Lua function of the
+ * scripts that call it: `forget(p, interval, completed_ttl)`.
+ *
+ * - Both 0: DEL all 8 keys (in KEY_SUFFIXES order), Ruby's default.
+ * - Only `interval` (Ruby's `redis_status_key_expiry_interval`): DEL the 7 others, EXPIRE status interval,
+ *   Ruby's commands.
+ * - `completed_ttl` > 0 (the tombstone): DEL the 6 others, `status` (completed) and `expires` kept with a
+ *   TTL of `completed_ttl`, at most until the message's `expires` + 60 s (Redis' clock; the minute covers
+ *   consumers whose clocks are behind: past `expires_at` every consumer drops a copy as Ancient), at least
+ *   `interval`. A copy that comes back meanwhile, from a broker that forgot an ack or with an ack lost in a
+ *   channel buffer, finds `status=completed`: acked as a duplicate, by Ruby consumers too (their MSETNX
+ *   fails, their MGET reads `completed`). `expires` stays so that the garbage collector and the key tools
+ *   see the tombstone as a message (and a stray `ack_count` a Ruby consumer adds is not an orphan while
+ *   it lives). When the TTL comes out at 0 or less (a message long expired) every key is deleted.
+ *
+ * A message without a `timeout` key was cleaned up already (every claim writes one, and every cleanup
+ * deletes it): nothing is done, so a resend, or a copy acked against a tombstone, neither counts nor
+ * extends anything.
+ */
+const LUA_FORGET = `
+local function forget(p, interval, completed_ttl)
+  local ttl = interval
+  if completed_ttl > 0 then
+    local kept = completed_ttl
+    local expires = redis.call('get', p .. ':expires')
+    if expires then kept = math.min(kept, to_i(expires) + 60 - redis_now()) end
+    ttl = math.max(ttl, kept)
+  end
+  if ttl <= 0 then
+    redis.call('del', p .. ':status', p .. ':ack_count', p .. ':timeout', p .. ':delay', p .. ':attempts',
+      p .. ':exceptions', p .. ':mutex', p .. ':expires')
+  elseif completed_ttl > 0 then
+    redis.call('del', p .. ':ack_count', p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
+      p .. ':mutex')
+    redis.call('expire', p .. ':status', num(ttl))
+    redis.call('expire', p .. ':expires', num(ttl))
+  else
+    redis.call('del', p .. ':ack_count', p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
+      p .. ':mutex', p .. ':expires')
+    redis.call('expire', p .. ':status', num(ttl))
+  end
+end
+`;
+
+/**
  * Ruby's store part of `ack!`. KEYS: the message id. ARGV: the reply key and TTL, then redundant (1/0),
  * status_key_expiry_interval, acks (how many acks to count: 1, Ruby's `INCR`, or 2 with `INCRBY` when one
- * subscriber acked both copies). Redundant messages count the acks and stop below 2 (">= 2 because increments
- * are retried and the counter could exceed two"). Then all 8 keys are deleted (in KEY_SUFFIXES order), or
- * with an interval all but status, which gets that TTL. Returns 1 when the keys were deleted, else 0.
+ * subscriber acked both copies), completed_ttl. A message without `timeout` was cleaned up already (see
+ * LUA_FORGET): nothing to count, so a copy acked against a tombstone does not recreate `ack_count`.
+ * Redundant messages count the acks and stop below 2 (">= 2 because increments are retried and the counter
+ * could exceed two"). Then the keys go (`forget`). Returns 1 when the keys were cleaned up, else 0.
  *
  * Resends: a count that stopped below 2 stores its reply (resent, it would count again: one ack of a
- * redundant message would delete the keys, and the other copy would run again). A count that deleted the
- * keys stores none, on the hot path of every redundant message: its resend finds the keys deleted (no
- * `timeout` key, which every claimed message has) and answers 1 without counting.
+ * redundant message would delete the keys, and the other copy would run again). A count that cleaned up
+ * stores none, on the hot path of every redundant message: its resend finds no `timeout` key and answers 1
+ * without counting.
  */
 export const ACKNOWLEDGED: ScriptDefinition = {
   numberOfKeys: 1,
-  lua: `${LUA_KEYS}${luaReply('3')}
-local status, ack_count = p .. ':status', p .. ':ack_count'
+  lua: `${LUA_HELPERS}${LUA_KEYS}${luaReply('4')}${LUA_CLOCK}${LUA_FORGET}
+if redis.call('exists', p .. ':timeout') == 0 then
+  return 1
+end
 if arg(1) == '1' then
-  if resend and redis.call('exists', p .. ':timeout') == 0 then
-    return 1
-  end
   local acks = tonumber(arg(3))
-  local count = acks == 1 and redis.call('incr', ack_count) or redis.call('incrby', ack_count, acks)
+  local count = acks == 1 and redis.call('incr', p .. ':ack_count') or redis.call('incrby', p .. ':ack_count', acks)
   if count < 2 then
     return reply(0)
   end
 end
-if tonumber(arg(2)) > 0 then
-  redis.call('del', ack_count, p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
-    p .. ':mutex', p .. ':expires')
-  redis.call('expire', status, arg(2))
-else
-  redis.call('del', status, ack_count, p .. ':timeout', p .. ':delay', p .. ':attempts', p .. ':exceptions',
-    p .. ':mutex', p .. ':expires')
-end
+forget(p, tonumber(arg(2)), tonumber(arg(4)))
 return 1
+`,
+};
+
+/**
+ * The cleanup of several messages whose last ack is in (non-redundant ones, and redundant ones whose two acks
+ * one subscriber recorded at once), in one call: `forget` for each. KEYS: the message ids. ARGV:
+ * status_key_expiry_interval, completed_ttl. No stored reply: a resend finds the cleaned-up messages without
+ * `timeout` and leaves them alone. (Without interval and completed_ttl a plain DEL does this job.)
+ */
+export const FORGET: ScriptDefinition = {
+  numberOfKeys: -1,
+  lua: `${LUA_HELPERS}${LUA_CLOCK}${LUA_FORGET}
+local interval, completed_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if redis.call('exists', KEYS[i] .. ':timeout') == 1 then forget(KEYS[i], interval, completed_ttl) end
+end
+return #KEYS
 `,
 };
 
@@ -279,6 +334,7 @@ export const SCRIPTS = {
   beetleAcquire: ACQUIRE,
   beetleFail: FAIL,
   beetleAcknowledged: ACKNOWLEDGED,
+  beetleForget: FORGET,
   beetleMarkCompleted: MARK_COMPLETED,
   beetleRelease: RELEASE,
 } as const;

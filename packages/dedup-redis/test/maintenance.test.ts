@@ -210,7 +210,7 @@ describe('RedisDedupStore, errors and the ack flush', () => {
       }
       let acknowledged = 0;
       const acks = [
-        store.acknowledged(plain, { redundant: false }).then(() => acknowledged++), // the batched DEL
+        store.acknowledged(plain, { redundant: false }).then(() => acknowledged++), // the batched cleanup
         store.acknowledged(redundant, { redundant: true }).then(() => acknowledged++), // the counting script
       ];
       await sleep(100);
@@ -219,7 +219,9 @@ describe('RedisDedupStore, errors and the ack flush', () => {
       expect(held).toHaveLength(2);
       for (const flush of held.splice(0)) flush();
       await Promise.all(acks);
-      expect(await raw.exists(keyOf(plain, 'status'))).toBe(0);
+      // Cleaned up: only the completed status (and expires) left, with their TTL.
+      expect(await raw.exists(keyOf(plain, 'timeout'))).toBe(0);
+      expect(await raw.ttl(keyOf(plain, 'status'))).toBeGreaterThan(0);
       expect(await raw.get(keyOf(redundant, 'ack_count'))).toBe('1');
     } finally {
       await raw.del(...allKeysOf(plain), ...allKeysOf(redundant));

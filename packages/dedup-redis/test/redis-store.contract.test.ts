@@ -36,10 +36,11 @@ describe('RedisDedupStore on a real Redis', () => {
     return result;
   };
 
-  describeDedupStoreContract('RedisDedupStore', ({ statusKeyExpiryInterval }) => {
+  describeDedupStoreContract('RedisDedupStore', ({ statusKeyExpiryInterval, completedStatusTtl }) => {
     const store = new RedisDedupStore({
       redisServer: TEST_REDIS,
       statusKeyExpiryInterval,
+      completedStatusTtl,
       failoverTimeout: 5,
     });
     return {
@@ -55,17 +56,58 @@ describe('RedisDedupStore on a real Redis', () => {
   });
 
   describe('Ruby interop (reference §12)', () => {
+    /** Ruby's behaviour: no completed status kept (completedStatusTtl 0). */
     let store: RedisDedupStore;
     let expiring: RedisDedupStore;
+    /** The defaults (completedStatusTtl 600). */
+    let defaults: RedisDedupStore;
 
     beforeEach(() => {
-      store = new RedisDedupStore({ redisServer: TEST_REDIS });
-      expiring = new RedisDedupStore({ redisServer: TEST_REDIS, statusKeyExpiryInterval: 300 });
+      store = new RedisDedupStore({ redisServer: TEST_REDIS, completedStatusTtl: 0 });
+      expiring = new RedisDedupStore({
+        redisServer: TEST_REDIS,
+        statusKeyExpiryInterval: 300,
+        completedStatusTtl: 0,
+      });
+      defaults = new RedisDedupStore({ redisServer: TEST_REDIS });
     });
 
     afterEach(async () => {
       await store.close();
       await expiring.close();
+      await defaults.close();
+    });
+
+    it('at the defaults, a Ruby consumer reads the kept status as completed and acks its copy', async () => {
+      const ref = freshRef('test');
+      const now = nowSeconds();
+      const expiresAt = now + 86_400;
+      await defaults.claim(ref, { expiresAt, timeoutAt: now + 600 });
+      await defaults.complete(ref);
+      await defaults.acknowledged(ref, { redundant: true, acks: 2 });
+      expect(await rawKeys(ref)).toEqual({
+        [keyOf(ref, 'status')]: 'completed',
+        [keyOf(ref, 'expires')]: String(expiresAt),
+      });
+      // A copy a broker forgot the ack of reaches a Ruby consumer (reference §4.4 steps 5, 6a, ack!): its
+      // MSETNX fails, its MGET reads completed, so it acks without running the handler and INCRs ack_count.
+      expect(
+        await raw.msetnx(
+          keyOf(ref, 'status'),
+          'incomplete',
+          keyOf(ref, 'expires'),
+          String(expiresAt),
+          keyOf(ref, 'timeout'),
+          String(now + 600),
+        ),
+      ).toBe(0);
+      expect((await raw.mget(keyOf(ref, 'status'), keyOf(ref, 'delay')))[0]).toBe('completed');
+      expect(await raw.incr(keyOf(ref, 'ack_count'))).toBe(1);
+      // Ours, for the same copy, writes nothing: the stray ack_count is Ruby's (the garbage collector takes it
+      // as an orphan once expires is gone).
+      await defaults.acknowledged(ref, { redundant: true });
+      expect(await raw.get(keyOf(ref, 'ack_count'))).toBe('1');
+      expect(await raw.ttl(keyOf(ref, 'status'))).toBeGreaterThan(590);
     });
 
     it('uses database 4 by default', async () => {

@@ -75,8 +75,8 @@ describe('round trips on a Redis of our own', () => {
     await store.acknowledged(ref, { redundant: true });
   };
 
-  it('a redundant message on the happy path costs 5 round trips (Ruby: 8), running Ruby’s commands', async () => {
-    const store = new RedisDedupStore({ redisServer: server.address });
+  it('a redundant message on the happy path costs 5 round trips (Ruby: 8), running Ruby’s commands (completedStatusTtl 0)', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address, completedStatusTtl: 0 });
     try {
       const now = nowSeconds();
       const expiresAt = now + 86_400;
@@ -94,7 +94,13 @@ describe('round trips on a Redis of our own', () => {
 
       // Inside the scripts, plus complete's MSET: exactly Ruby's 8 commands of §12, in Ruby's order.
       const p = `msgid:test:${ref.uuid}`;
-      const executed = [...observed.inScripts];
+      // Each acknowledged call first checks that the message was not cleaned up already (EXISTS timeout).
+      const exists = observed.inScripts.filter((args) => args[0] === 'exists');
+      expect(exists).toEqual([
+        ['exists', `${p}:timeout`],
+        ['exists', `${p}:timeout`],
+      ]);
+      const executed = observed.inScripts.filter((args) => args[0] !== 'exists');
       executed.splice(2, 0, observed.topLevel[1]!); // complete's MSET came between the first two scripts
       expect(executed).toEqual([
         [
@@ -140,16 +146,17 @@ describe('round trips on a Redis of our own', () => {
       expect(verbs.filter((verb) => verb === 'get')).toHaveLength(0);
       expect(verbs.filter((verb) => verb === 'del').length).toBeLessThanOrEqual(1);
       const totalCommands = [...observed.stats.values()].reduce((sum, calls) => sum + calls, 0);
-      // commandstats counts script-internal commands too: 4 script calls + Ruby's 8 commands + the replies'.
-      expect(totalCommands).toBe(4 + 8 + observed.replies.length);
+      // commandstats counts script-internal commands too: 4 script calls + Ruby's 8 commands + 2 EXISTS + the
+      // replies'.
+      expect(totalCommands).toBe(4 + 8 + 2 + observed.replies.length);
       expect(observed.stats.get('select')).toBeUndefined();
     } finally {
       await store.close();
     }
   });
 
-  it('both copies acked by one subscriber: 3 round trips, the last a plain DEL of all keys', async () => {
-    const store = new RedisDedupStore({ redisServer: server.address });
+  it('both copies acked by one subscriber: 3 round trips, the last a plain DEL of all keys (completedStatusTtl 0)', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address, completedStatusTtl: 0 });
     try {
       const now = nowSeconds();
       const expiresAt = now + 86_400;
@@ -181,8 +188,12 @@ describe('round trips on a Redis of our own', () => {
     }
   });
 
-  it('both acks at once with status-key expiry: the script counts them, keeps status with its TTL', async () => {
-    const store = new RedisDedupStore({ redisServer: server.address, statusKeyExpiryInterval: 300 });
+  it('both acks at once with status-key expiry: one forget call keeps status with its TTL (completedStatusTtl 0)', async () => {
+    const store = new RedisDedupStore({
+      redisServer: server.address,
+      statusKeyExpiryInterval: 300,
+      completedStatusTtl: 0,
+    });
     try {
       const now = nowSeconds();
       await happyPath(store, { queue: 'test', uuid: randomUUID() }, now + 100, now);
@@ -194,8 +205,9 @@ describe('round trips on a Redis of our own', () => {
       });
       expect(observed.topLevel).toHaveLength(3);
       const p = `msgid:test:${ref.uuid}`;
+      // Two acks reach 2 whatever the count was: no counting, Ruby's DEL of 7 keys + EXPIRE status.
       expect(observed.inScripts.slice(-3)).toEqual([
-        ['incrby', `${p}:ack_count`, '2'],
+        ['exists', `${p}:timeout`],
         [
           'del',
           ...['ack_count', 'timeout', 'delay', 'attempts', 'exceptions', 'mutex', 'expires'].map(
@@ -210,8 +222,12 @@ describe('round trips on a Redis of our own', () => {
     }
   });
 
-  it('with status-key expiry the cleanup is DEL of 7 keys + EXPIRE status, still 5 round trips', async () => {
-    const store = new RedisDedupStore({ redisServer: server.address, statusKeyExpiryInterval: 300 });
+  it('with status-key expiry the cleanup is DEL of 7 keys + EXPIRE status, still 5 round trips (completedStatusTtl 0)', async () => {
+    const store = new RedisDedupStore({
+      redisServer: server.address,
+      statusKeyExpiryInterval: 300,
+      completedStatusTtl: 0,
+    });
     try {
       const now = nowSeconds();
       await happyPath(store, { queue: 'test', uuid: randomUUID() }, now + 100, now);
@@ -228,6 +244,38 @@ describe('round trips on a Redis of our own', () => {
         ],
         ['expire', `${p}:status`, '300'],
       ]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('at the defaults: still 5 round trips; the last ack keeps status=completed and expires with a TTL', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      const now = nowSeconds();
+      const expiresAt = now + 86_400;
+      await happyPath(store, { queue: 'test', uuid: randomUUID() }, expiresAt, now);
+      const ref = { queue: 'test', uuid: randomUUID() };
+      const observed = await observe(() => happyPath(store, ref, expiresAt, now));
+      expect(observed.topLevel.map((args) => args[0]!.toLowerCase())).toEqual([
+        'evalsha',
+        'mset',
+        'evalsha',
+        'evalsha',
+        'evalsha',
+      ]);
+      const p = `msgid:test:${ref.uuid}`;
+      // The second ack: counted to 2, then the tombstone (TTL 600: the message lives a day).
+      expect(observed.inScripts.slice(-7)).toEqual([
+        ['exists', `${p}:timeout`],
+        ['incr', `${p}:ack_count`],
+        ['get', `${p}:expires`],
+        ['time'],
+        ['del', ...['ack_count', 'timeout', 'delay', 'attempts', 'exceptions', 'mutex'].map((s) => `${p}:${s}`)],
+        ['expire', `${p}:status`, '600'],
+        ['expire', `${p}:expires`, '600'],
+      ]);
+      expect(await store.inspect(ref)).toEqual({ status: 'completed', expires: String(expiresAt) });
     } finally {
       await store.close();
     }
@@ -275,7 +323,7 @@ describe('round trips on a Redis of our own', () => {
   });
 
   it('the claims, completions and cleanups of one tick go in one command each, Ruby’s commands per message', async () => {
-    const store = new RedisDedupStore({ redisServer: server.address });
+    const store = new RedisDedupStore({ redisServer: server.address, completedStatusTtl: 0 });
     try {
       await store.ping();
       const now = nowSeconds();
@@ -305,6 +353,30 @@ describe('round trips on a Redis of our own', () => {
       const p = `msgid:test:${refs[149]!.uuid}`;
       expect(observed.topLevel[3]!.slice(-4)).toEqual([`${p}:status`, 'completed', `${p}:timeout`, '0']);
       for (const ref of refs) expect(await store.inspect(ref)).toEqual({});
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('at the defaults, the cleanups of one tick are one forget call per 100 messages', async () => {
+    const store = new RedisDedupStore({ redisServer: server.address });
+    try {
+      await store.ping();
+      const now = nowSeconds();
+      const refs = Array.from({ length: 150 }, () => ({ queue: 'test', uuid: randomUUID() }));
+      await Promise.all(refs.map((ref) => store.claim(ref, { expiresAt: now + 60, timeoutAt: now + 600 })));
+      await Promise.all(refs.map((ref) => store.complete(ref)));
+      const observed = await observe(async () => {
+        await Promise.all(refs.map((ref) => store.acknowledged(ref, { redundant: true, acks: 2 })));
+      });
+      expect(observed.topLevel.map((args) => args[0]!.toLowerCase().replace(/^eval$/, 'evalsha'))).toEqual([
+        'evalsha',
+        'evalsha',
+      ]);
+      expect(observed.topLevel[0]!.slice(2, 4)).toEqual(['100', `msgid:test:${refs[0]!.uuid}`]);
+      for (const ref of refs) {
+        expect(await store.inspect(ref)).toEqual({ status: 'completed', expires: String(now + 60) });
+      }
     } finally {
       await store.close();
     }

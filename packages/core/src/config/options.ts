@@ -69,6 +69,13 @@ export interface BeetleConfig {
   readonly redisFailoverTimeout: number;
   /** Seconds; > 0 keeps the `:status` key that long after cleanup (duplicate suppression for simple messages). */
   readonly redisStatusKeyExpiryInterval: number;
+  /**
+   * Seconds a message's `status=completed` (and `expires`) keys outlive the final ack of a message handled on
+   * the full path (redundant, or with retries), capped at the message's remaining lifetime: a copy that comes
+   * back meanwhile (a broker that forgot an ack) is acked as a duplicate. 0 deletes every key (Ruby's
+   * behaviour). The effective TTL is at least `redisStatusKeyExpiryInterval`.
+   */
+  readonly redisCompletedStatusTtl: number;
   /** Kept for the Go daemons sharing the file. */
   readonly redisConfigurationMasterRetries: number;
   /** Seconds; kept for the Go daemons sharing the file. */
@@ -278,6 +285,16 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
       '> 0: keep the `:status` key this long after cleanup (dedup for simple messages)',
     ),
     unit: 'seconds',
+  },
+  redisCompletedStatusTtl: {
+    ...int(
+      600,
+      0,
+      undefined,
+      'keep `status=completed` this long after the last ack of a message handled on the full path (redundant or retried), at most until its `expires_at`: a copy coming back later is a duplicate; 0 deletes every key, as Ruby does',
+    ),
+    unit: 'seconds',
+    tsOnly: true,
   },
   redisConfigurationMasterRetries: int(3, 0, undefined, 'kept for the Go daemons sharing the file'),
   redisConfigurationMasterRetryInterval: secs(10, 'kept for the Go daemons sharing the file', true),

@@ -19,6 +19,12 @@ export interface MemoryDedupStoreOptions {
   /** Seconds the `status` key outlives a processed message (Ruby `redis_status_key_expiry_interval`). */
   statusKeyExpiryInterval?: number;
   /**
+   * Seconds `status=completed` and `expires` outlive the last ack of a message on the full path, at most until
+   * its `expires` + 60 s, at least `statusKeyExpiryInterval`; 0 deletes every key (Ruby). Default 600, as
+   * the Redis store's `completedStatusTtl`.
+   */
+  completedStatusTtl?: number;
+  /**
    * Milliseconds clock, injectable for tests of key expiry; also the store's clock for calls that ask for it
    * (`ClaimParams.timeout`, `AcquireParams.timeout`, `FailParams.storeClock`).
    */
@@ -37,10 +43,12 @@ interface Entry {
 export class MemoryDedupStore implements DedupStore {
   private readonly entries = new Map<string, Entry>();
   private readonly statusKeyExpiryInterval: number;
+  private readonly completedStatusTtl: number;
   private readonly clock: () => number;
 
   constructor(options: MemoryDedupStoreOptions = {}) {
     this.statusKeyExpiryInterval = options.statusKeyExpiryInterval ?? 0;
+    this.completedStatusTtl = options.completedStatusTtl ?? 600;
     this.clock = options.now ?? Date.now;
   }
 
@@ -132,16 +140,37 @@ export class MemoryDedupStore implements DedupStore {
     } catch (error) {
       return Promise.reject(error instanceof Error ? error : new TypeError(String(error)));
     }
+    // No `timeout`: cleaned up already (or never claimed): nothing to count, nothing recreated.
+    if (this.read(keyOf(ref, 'timeout')) === undefined) return Promise.resolve();
     // ">= 2 because increments are retried and the counter could exceed two" (Ruby).
     if (params.redundant && this.incr(keyOf(ref, 'ack_count'), acks) < 2) return Promise.resolve();
-    const keep = this.statusKeyExpiryInterval > 0 ? keyOf(ref, 'status') : undefined;
-    for (const key of allKeysOf(ref)) if (key !== keep) this.entries.delete(key);
-    // Ruby: DEL the other keys, then EXPIRE status (a no-op when status is already gone).
-    if (keep !== undefined) {
-      const status = this.read(keep);
-      if (status !== undefined) this.write(keep, status, this.statusKeyExpiryInterval);
-    }
+    this.forget(ref);
     return Promise.resolve();
+  }
+
+  /** The cleanup after the last ack (the Redis store's `forget`): every key, or all but the tombstone. */
+  private forget(ref: MessageRef): void {
+    let ttl = this.statusKeyExpiryInterval;
+    const tombstone = this.completedStatusTtl > 0;
+    if (tombstone) {
+      const expires = this.read(keyOf(ref, 'expires'));
+      const kept =
+        expires === undefined
+          ? this.completedStatusTtl
+          : Math.min(this.completedStatusTtl, rubyToI(expires) + 60 - this.storeNow());
+      ttl = Math.max(ttl, kept);
+    }
+    const keep = new Set<string>();
+    if (ttl > 0) {
+      keep.add(keyOf(ref, 'status'));
+      if (tombstone) keep.add(keyOf(ref, 'expires'));
+    }
+    for (const key of allKeysOf(ref)) if (!keep.has(key)) this.entries.delete(key);
+    // Ruby: DEL the other keys, then EXPIRE (a no-op on a key already gone).
+    for (const key of keep) {
+      const value = this.read(key);
+      if (value !== undefined) this.write(key, value, ttl);
+    }
   }
 
   release(ref: MessageRef, params: ReleaseParams): Promise<boolean> {
