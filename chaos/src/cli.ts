@@ -2,6 +2,7 @@
  * `pnpm chaos [--messages M] [--duration S] [--seed N] [--publishers P] [--consumers C]
  *             [--faults kill-broker,n-1-down,redis-stop,redis-promote,consumer-kill,broker-pause,mixed|none]
  *             [--max-faults K] [--drain S] [--base-port PORT] [--concurrency N] [--status-key-expiry S]
+ *             [--completed-status-ttl S]
  *             [--keep] [--keep-services] [--json]`
  *
  * Exit status: 0 when nothing was lost, duplicated or unexpected; 1 otherwise; 2 when the run itself failed.
@@ -14,7 +15,7 @@ import { randomSeed } from './prng.js';
 
 const USAGE = `usage: pnpm chaos [--messages 1000] [--duration 60] [--seed N] [--publishers 1] [--consumers 2]
                   [--faults ${FAULTS.join(',')},mixed|none] [--max-faults K] [--drain 90]
-                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--keep] [--keep-services] [--json]`;
+                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--completed-status-ttl 600] [--keep] [--keep-services] [--json]`;
 
 function fail(message: string): never {
   process.stderr.write(`${message}\n${USAGE}\n`);
@@ -95,6 +96,7 @@ async function main(): Promise<void> {
         'base-port': { type: 'string' },
         concurrency: { type: 'string' },
         'status-key-expiry': { type: 'string' },
+        'completed-status-ttl': { type: 'string' },
         keep: { type: 'boolean', default: false },
         'keep-services': { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
@@ -137,6 +139,7 @@ async function main(): Promise<void> {
       ports: portsFrom(Math.floor(number('base-port', v['base-port'], 5690))),
       concurrency: Math.floor(number('concurrency', v.concurrency, 1)),
       statusKeyExpiry: Math.floor(number('status-key-expiry', v['status-key-expiry'], 0)),
+      completedStatusTtl: Math.floor(number('completed-status-ttl', v['completed-status-ttl'], 600)),
       keepDir: v.keep,
       keepServices: v['keep-services'],
       signal: controller.signal,

@@ -42,6 +42,8 @@ export interface ChaosOptions {
   readonly prefetch?: number;
   /** Consumers' `redisStatusKeyExpiryInterval` (default 0, Ruby's default). */
   readonly statusKeyExpiry?: number;
+  /** Consumers' `redisCompletedStatusTtl` (default 600, Beetle's default; 0 = Ruby's behaviour). */
+  readonly completedStatusTtl?: number;
   /** Handler run time range, ms (default 1-10). */
   readonly workMs?: readonly [number, number];
   /** Publishes in flight per publisher (default 20). */
@@ -208,6 +210,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       concurrency: options.concurrency ?? 1,
       prefetch: options.prefetch ?? 5,
       statusKeyExpiry: options.statusKeyExpiry ?? 0,
+      completedStatusTtl: options.completedStatusTtl ?? 600,
     };
 
     const spawnConsumer = async (index: number): Promise<Worker> => {

@@ -27,6 +27,8 @@ export interface SystemSettings {
   readonly prefetch: number;
   /** `redisStatusKeyExpiryInterval` of the consumers (0 = Ruby's default). */
   readonly statusKeyExpiry: number;
+  /** `redisCompletedStatusTtl` of the consumers (600 = Beetle's default, 0 = Ruby's behaviour). */
+  readonly completedStatusTtl: number;
 }
 
 export interface PublisherSettings extends SystemSettings {
@@ -102,6 +104,7 @@ export function workerConfig(settings: SystemSettings): BeetleConfig {
     redisConnectTimeout: 2,
     redisReadTimeout: 2,
     redisStatusKeyExpiryInterval: settings.statusKeyExpiry,
+    redisCompletedStatusTtl: settings.completedStatusTtl,
     publishTimeout: 5,
     publisherConnectTimeout: 2,
     publisherReadResponseTimeout: 3,

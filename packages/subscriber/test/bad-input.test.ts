@@ -316,8 +316,12 @@ describe('Subscriber fed bad input (real brokers and Redis)', () => {
     ).toEqual([farFuture, 'valid after expiry cases']);
     // Ancient runs no hooks; only the undecodable one reached the error hook.
     expect(hooked.slice(hookedBefore).map((h) => h.body)).toEqual(['too-far']);
-    // The full path went through Redis and cleaned up after itself.
-    expect(await store.inspect({ queue: Q.full, uuid: farFuture })).toEqual({});
+    // The full path went through Redis and cleaned up after itself: only the completed status is kept (with
+    // expires, both with a TTL); the Ancient one never reached the store.
+    expect(await store.inspect({ queue: Q.full, uuid: farFuture })).toEqual({
+      status: 'completed',
+      expires: String(1e15),
+    });
     expect(await store.inspect({ queue: Q.full, uuid: ancient })).toEqual({});
     expect(await readyCount(Q.full)).toBe(0);
   });
@@ -364,7 +368,10 @@ describe('Subscriber fed bad input (real brokers and Redis)', () => {
     expect(fullFailure?.error).toBeInstanceOf(MessageDecodingError);
     expect(byUuid(simpleEvents, validSimple)).toMatchObject({ outcome: Outcome.OK, settled: 'acked' });
     expect(byUuid(fullEvents, validFull)).toMatchObject({ outcome: Outcome.OK, settled: 'acked' });
-    expect(await store.inspect({ queue: Q.full, uuid: full.properties.messageId })).toEqual({});
+    expect(Object.keys(await store.inspect({ queue: Q.full, uuid: full.properties.messageId }))).toEqual([
+      'status',
+      'expires',
+    ]);
     expect(await readyCount(Q.simple)).toBe(0);
     expect(await readyCount(Q.full)).toBe(0);
   });

@@ -45,7 +45,9 @@ const logger: Logger = {
 
 beforeEach(() => {
   clock = new FakeClock();
-  memory = new MemoryDedupStore({ now: () => clock.nowMs() });
+  // Ruby's cleanup (every key deleted), so that tests can check nothing is left; the completed status kept at
+  // the defaults is tested by the store contract and completed-status.integration.test.ts.
+  memory = new MemoryDedupStore({ now: () => clock.nowMs(), completedStatusTtl: 0 });
   log = [];
   store = recordingStore(memory, log);
   warnings = [];
@@ -788,7 +790,7 @@ describe("processing: the store's clock", () => {
 
   it("decides 'not yet timed out' with the store's now, not this consumer's clock 100 s ahead", async () => {
     // The store's clock is 100 s behind ours; another consumer claimed the message with a 5 s timeout.
-    const behind = new MemoryDedupStore({ now: () => clock.nowMs() - 100_000 });
+    const behind = new MemoryDedupStore({ now: () => clock.nowMs() - 100_000, completedStatusTtl: 0 });
     await behind.claim(ref, { expiresAt: clock.now() + 1000, timeoutAt: 0, timeout: 5 });
     let runs = 0;
     const { result } = await run(msg(), () => runs++, { attempts: 2, timeout: 5 }, { store: behind });

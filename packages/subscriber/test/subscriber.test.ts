@@ -181,7 +181,7 @@ let processed: ProcessedEvent[];
 beforeEach(() => {
   clock = new FakeClock();
   pool = new FakePool();
-  store = new MemoryDedupStore({ now: () => clock.nowMs() });
+  store = new MemoryDedupStore({ now: () => clock.nowMs(), completedStatusTtl: 0 });
   topology = new Topology();
   topology.registerQueue('orders');
   topology.registerQueue('audit', { deadLettering: true });
