@@ -1,4 +1,4 @@
-import type { Channel, ConsumeMessage, Message } from 'amqplib';
+import type { Channel, ConfirmChannel, ConsumeMessage, Message } from 'amqplib';
 import { BrokerError, type ExchangeDefinition, type Logger, type QueueDefinition } from '@beetle/core';
 import { errorMessage, withTimeout } from '@beetle/core/kit';
 import { AmqpDeclarer } from './declarer.js';
@@ -16,6 +16,8 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
   private readonly closeListeners = new Set<(error: Error | undefined) => void>();
   private readonly buffer = new WriteBuffer();
   private readonly declarer: AmqpDeclarer;
+  /** The confirm channel of `republish`, opened on the same connection on first use. */
+  private confirmChannel: Promise<ConfirmChannel> | undefined;
 
   constructor(
     readonly server: string,
@@ -31,6 +33,7 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
     });
     channel.on('close', () => {
       this.closed = true;
+      this.closeConfirmChannel();
       this.buffer.wake();
       const error =
         this.closeError ??
@@ -122,6 +125,11 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
     }
   }
 
+  /**
+   * Requeues with `basic.nack(requeue, multiple=false)`, dead-letters with `basic.reject(false)`. For classic
+   * queues the two are the same; RabbitMQ 4.3 counts a `reject` of a quorum queue delivery as a failed
+   * delivery (towards its `delivery-limit`) and a `nack` not (3.10 to 4.2 count both).
+   */
   reject(delivery: Delivery, requeue: boolean): boolean {
     if (this.closed) {
       this.logger.warn(
@@ -131,7 +139,8 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
       return false;
     }
     try {
-      this.channel.reject(delivery as unknown as Message, requeue);
+      if (requeue) this.channel.nack(delivery as unknown as Message, false, true);
+      else this.channel.reject(delivery as unknown as Message, false);
       return true;
     } catch (error) {
       this.logger.warn({ server: this.server, err: error }, `reject failed: ${errorMessage(error)}`);
@@ -163,6 +172,70 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
         cause: error,
       });
     }
+  }
+
+  async republish(queue: string, delivery: Delivery): Promise<void> {
+    if (this.closed) throw new BrokerError('broker-closed', this.server, 'consumer channel closed');
+    this.confirmChannel ??= this.openConfirmChannel();
+    let confirms: ConfirmChannel;
+    try {
+      confirms = await this.confirmChannel;
+    } catch (error) {
+      this.confirmChannel = undefined;
+      throw error;
+    }
+    const { headers, ...rest } = delivery.properties as Record<string, unknown> & {
+      headers?: Record<string, unknown>;
+    };
+    const properties: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(rest)) if (value !== undefined) properties[key] = value;
+    // The queue counts deliveries anew; a stale count in the headers would look like the count.
+    const fresh = { ...headers };
+    delete fresh['x-delivery-count'];
+    properties.headers = fresh;
+    const confirmed = new Promise<void>((resolve, reject) => {
+      try {
+        confirms.publish('', queue, delivery.content, properties, (error: unknown) => {
+          if (error === null || error === undefined) resolve();
+          else reject(new BrokerError('broker-closed', this.server, `republish to ${queue} not confirmed`));
+        });
+      } catch (error) {
+        reject(
+          new BrokerError('broker-closed', this.server, `republish failed: ${errorMessage(error)}`, {
+            cause: error,
+          }),
+        );
+      }
+    });
+    await withTimeout(
+      confirmed,
+      this.link.operationTimeout * 1000,
+      () => new BrokerError('broker-timeout', this.server, `no confirm for the republish to ${queue}`),
+    );
+  }
+
+  private async openConfirmChannel(): Promise<ConfirmChannel> {
+    const link = this.link;
+    const channel = await roundTrip(link, 'confirm channel', () => link.model.createConfirmChannel());
+    link.channels.add(channel);
+    channel.on('error', (error: Error) =>
+      this.logger.warn({ server: this.server, err: error }, `republish channel error: ${error.message}`),
+    );
+    channel.on('close', () => {
+      link.channels.delete(channel);
+      this.confirmChannel = undefined;
+    });
+    return channel;
+  }
+
+  private closeConfirmChannel(): void {
+    const pending = this.confirmChannel;
+    this.confirmChannel = undefined;
+    pending
+      ?.then((channel) => channel.close())
+      .catch((error: unknown) =>
+        this.logger.debug({ server: this.server, err: error }, `closing republish channel: ${errorMessage(error)}`),
+      );
   }
 
   onClose(listener: (error: Error | undefined) => void): void {

@@ -20,7 +20,23 @@ export interface QueuePolicyOptions {
   readonly routingKey?: string;
   /** `message-ttl` in milliseconds (only on the dead letter queue). */
   readonly messageTtl?: number;
+  /**
+   * `delivery-limit` (quorum queues: how often a delivery may be returned before the queue drops or
+   * dead-letters it). Beetle installs {@link UNLIMITED_DELIVERIES} for quorum queues so that its own attempt
+   * counting rules.
+   */
+  readonly deliveryLimit?: number;
 }
+
+/**
+ * The largest `delivery-limit` RabbitMQ accepts in a policy (a signed 32-bit integer; -1 is refused on 3.10):
+ * in effect no limit. A queue argument `x-delivery-limit` still wins when lower (RabbitMQ applies the lower).
+ */
+export const UNLIMITED_DELIVERIES = 2_147_483_647;
+
+/** Whether a queue definition declares a quorum queue (`x-queue-type: quorum`). */
+export const isQuorumQueue = (queue: QueueDefinition): boolean =>
+  queue.arguments?.['x-queue-type'] === 'quorum';
 
 /** A binding as it travels in the policy update message. */
 export interface PolicyBinding {
@@ -37,6 +53,8 @@ export interface PolicyUpdatePayload {
   readonly dead_lettering: boolean;
   readonly lazy: boolean;
   readonly server: string;
+  /** Only for quorum queues (not in Ruby's payload, which ignores unknown keys): `"quorum"`. */
+  readonly queue_type?: 'quorum';
 }
 
 /** What `setQueuePolicy` did. */
@@ -56,6 +74,7 @@ export function policyUpdatePayload(
     dead_lettering: queue.deadLettering,
     lazy: queue.lazy,
     server,
+    ...(isQuorumQueue(queue) ? { queue_type: 'quorum' as const } : {}),
   };
 }
 
@@ -95,6 +114,7 @@ export function policyDefinition(options: QueuePolicyOptions): Record<string, un
     if (options.messageTtl !== undefined) definition['message-ttl'] = options.messageTtl;
   }
   if (options.lazy) definition['queue-mode'] = 'lazy';
+  if (options.deliveryLimit !== undefined) definition['delivery-limit'] = options.deliveryLimit;
   return definition;
 }
 
@@ -225,6 +245,9 @@ export function checkPolicyUpdate(
       return refuse(flag, `${flag} must be a boolean, got ${JSON.stringify(p[flag])}`);
     }
   }
+  if (p.queue_type !== undefined && p.queue_type !== 'quorum' && p.queue_type !== 'classic') {
+    return refuse('queue_type', `queue_type must be "quorum" or "classic", got ${JSON.stringify(p.queue_type)}`);
+  }
   return {
     queue_name: queue,
     bindings,
@@ -233,6 +256,7 @@ export function checkPolicyUpdate(
     dead_lettering: p.dead_lettering === true,
     lazy: p.lazy === true,
     server,
+    ...(p.queue_type === 'quorum' ? { queue_type: 'quorum' as const } : {}),
   };
 }
 
@@ -266,7 +290,7 @@ export class PolicyClient {
       'apply-to': 'queues',
       definition,
     };
-    const wanted = options.deadLettering || options.lazy;
+    const wanted = options.deadLettering || options.lazy || options.deliveryLimit !== undefined;
     const isDefault = !wanted || deepEqual(definition, this.config.brokerDefaultPolicy);
     const current = await this.request(address, 'GET', path, undefined, [200, 404]);
     if (isDefault) {
@@ -302,13 +326,16 @@ export class PolicyClient {
     const lazy = p.lazy === true;
     const deadLettering = p.dead_lettering === true;
     const messageTtl = typeof p.message_ttl === 'number' ? p.message_ttl : undefined;
+    // Quorum queues (and their dead letter queues, declared alike): no delivery limit but Beetle's attempts.
+    const limit = p.queue_type === 'quorum' ? { deliveryLimit: UNLIMITED_DELIVERIES } : {};
     await this.setQueuePolicy(server, dlq, {
       lazy,
       deadLettering,
       routingKey: queue,
       ...(messageTtl === undefined ? {} : { messageTtl }),
+      ...limit,
     });
-    await this.setQueuePolicy(server, queue, { lazy, deadLettering, routingKey: dlq });
+    await this.setQueuePolicy(server, queue, { lazy, deadLettering, routingKey: dlq, ...limit });
     // Ruby removes obsolete bindings only when `bindings` is present, which an empty list is not: an empty
     // list would unbind the queue from everything.
     if (Array.isArray(p.bindings) && p.bindings.length > 0) {

@@ -81,8 +81,17 @@ export interface ConsumerChannel {
   cancel(consumerTag: string): Promise<void>;
   /** basic.ack; false (and a log line) when the channel is already gone — the broker will redeliver. */
   ack(delivery: Delivery): boolean;
-  /** basic.reject; false when the channel is already gone. */
+  /**
+   * Hands the delivery back: requeued with basic.nack (requeue, not multiple), or dead-lettered with
+   * basic.reject (requeue false); false when the channel is already gone.
+   */
   reject(delivery: Delivery, requeue: boolean): boolean;
+  /**
+   * Publishes a copy of the delivery (same body and properties, `x-delivery-count` left out) to `queue` through
+   * the default exchange, on a confirm channel of the same connection; resolves once the broker confirmed it.
+   * The caller then acks the original: the queue's delivery count starts over (quorum queues' delivery-limit).
+   */
+  republish(queue: string, delivery: Delivery): Promise<void>;
   /** Publishes on this channel without confirms (RPC replies). */
   publish(
     exchange: string,

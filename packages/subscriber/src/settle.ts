@@ -4,7 +4,7 @@
  * their channel through `ChannelSettler`, and their hand-backs go through `Requeues`.
  */
 import { silentLogger, type BeetleConfig, type Logger, type QueueDefinition } from '@beetle/core';
-import type { Clock, TimerHandle } from '@beetle/core/kit';
+import { errorMessage, type Clock, type TimerHandle } from '@beetle/core/kit';
 import type { Delivery, SubscriberChannel } from './broker-seam.js';
 import { isNotReady, RequeuePacing, type RejectReason } from './requeue.js';
 
@@ -122,6 +122,7 @@ export class Requeues {
   constructor(
     private readonly config: BeetleConfig,
     private readonly clock: Clock,
+    private readonly logger: Logger = silentLogger,
   ) {
     this.pacing = new RequeuePacing(config.rejectRequeueDelay * 1000, config.rejectRequeueMaxDelay * 1000);
   }
@@ -149,7 +150,7 @@ export class Requeues {
       holdMs = this.pacing.holdMs(key, reason, this.clock.nowMs(), !requeue);
     }
     if (holdMs <= 0 || this.stopping) {
-      channel.reject(delivery, requeue);
+      this.handBack(channel, queue, delivery, requeue);
       return;
     }
     if (!requeue) {
@@ -162,10 +163,62 @@ export class Requeues {
     const fire = (): void => {
       this.held.delete(handle);
       if (holds !== undefined) this.releaseDeadLetterHold(channel, holds, queue.name);
-      channel.reject(delivery, requeue);
+      this.handBack(channel, queue, delivery, requeue);
     };
     const handle = this.clock.setTimeout(fire, holdMs);
     this.held.set(handle, fire);
+  }
+
+  /**
+   * Requeue (nack) or dead-letter (reject) now; a requeue whose delivery count is near the queue's delivery
+   * limit is refreshed instead (see `refreshAt`).
+   */
+  private handBack(
+    channel: SubscriberChannel,
+    queue: QueueDefinition,
+    delivery: Delivery,
+    requeue: boolean,
+  ): void {
+    const count = delivery.properties.headers?.['x-delivery-count'];
+    const at = refreshAt(this.config, queue);
+    if (!requeue || at === undefined || typeof count !== 'number' || count < at) {
+      channel.reject(delivery, requeue);
+      return;
+    }
+    // Never rejects (failures are logged and fall back to the requeue); bounded by the prefetch: each refresh
+    // holds its unacked delivery.
+    void this.refresh(channel, queue, delivery, count);
+  }
+
+  /**
+   * A quorum queue counts every return of a delivery (3.10 to 4.2 count nack too) and drops or dead-letters
+   * it past its delivery-limit, behind Beetle's attempt counting. So the message is published again to its
+   * queue (same body, properties and message id; the queue counts the new one from 0), confirmed, and only
+   * then the original is acked. At least once: should the ack not get through, both are delivered and the
+   * dedup store answers the second (its keys, or the completed status kept after the last ack). The ack of
+   * the original is not counted in the store: the message is not done.
+   */
+  private async refresh(
+    channel: SubscriberChannel,
+    queue: QueueDefinition,
+    delivery: Delivery,
+    count: number,
+  ): Promise<void> {
+    const context = { queue: queue.amqpName, server: channel.server, deliveryCount: count };
+    try {
+      await channel.republish(queue.amqpName, delivery);
+    } catch (error) {
+      this.logger.warn(
+        { ...context, err: error },
+        `could not republish a delivery near the delivery limit, requeued instead: ${errorMessage(error)}`,
+      );
+      channel.reject(delivery, true);
+      return;
+    }
+    this.logger.debug(context, 'republished a delivery near the delivery limit');
+    if (!channel.ack(delivery)) {
+      this.logger.warn(context, 'republished, but the original could not be acked: both will be delivered');
+    }
   }
 
   /** The subscriber is stopping: from now on deliveries go back at once (those held stay until `handBackAll`). */
@@ -190,4 +243,16 @@ export class Requeues {
     holds.delete(queue);
     if (holds.size === 0 && this.deadLetterHolds.get(channel) === holds) this.deadLetterHolds.delete(channel);
   }
+}
+
+/**
+ * The `x-delivery-count` from which a requeue is a refresh: `requeueRefreshDeliveryCount`, or the queue's
+ * `x-delivery-limit` argument when lower (the delivery with count = limit is the last one the queue makes);
+ * undefined when refreshes are off.
+ */
+export function refreshAt(config: BeetleConfig, queue: QueueDefinition): number | undefined {
+  const configured = config.requeueRefreshDeliveryCount;
+  if (configured <= 0) return undefined;
+  const limit = queue.arguments?.['x-delivery-limit'];
+  return typeof limit === 'number' && Number.isSafeInteger(limit) && limit > 0 ? Math.min(configured, limit) : configured;
 }

@@ -91,7 +91,7 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     this.logger = logger;
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
-    this.requeues = new Requeues(this.config, this.clock);
+    this.requeues = new Requeues(this.config, this.clock, this.logger);
     this.deliveries = new Deliveries({
       config: this.config,
       store: this.store,

@@ -71,7 +71,12 @@ class FakeChannel implements SubscriberChannel {
     return true;
   }
 
-  reject(delivery: Delivery, requeue: boolean): boolean {
+  readonly republished: { queue: string; tag: number }[] = [];
+  republish(queue: string, delivery: Delivery): Promise<void> {
+    this.republished.push({ queue, tag: delivery.fields.deliveryTag });
+    return Promise.resolve();
+  }
+    reject(delivery: Delivery, requeue: boolean): boolean {
     if (this.closed) return false;
     this.rejected.push({ tag: delivery.fields.deliveryTag, requeue });
     return true;

@@ -139,6 +139,12 @@ export interface BeetleConfig {
   readonly publishTimeout: number;
   /** TS-only. Handlers running at once per subscriber (Ruby: 1, on the reactor thread). */
   readonly subscriberConcurrency: number;
+  /**
+   * A delivery to hand back (requeue) whose `x-delivery-count` reached this (or the queue's `x-delivery-limit`
+   * argument, when lower) is republished to its queue with a publisher confirm and then acked, so that a
+   * quorum queue's delivery-limit never drops or dead-letters a message Beetle still retries. 0: never.
+   */
+  readonly requeueRefreshDeliveryCount: number;
   /** TS-only. Seconds; cap of the exponential reconnect backoff that starts at `subscriberReconnectDelay`. */
   readonly subscriberReconnectMaxDelay: number;
   /** TS-only. Seconds before a reject with requeue (queues without dead lettering); per message, non-blocking. */
@@ -375,6 +381,15 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     tsOnly: true,
   },
   subscriberConcurrency: { ...int(1, 1, undefined, 'handlers running at once per subscriber'), tsOnly: true },
+  requeueRefreshDeliveryCount: {
+    ...int(
+      10,
+      0,
+      undefined,
+      "a delivery to hand back whose `x-delivery-count` (quorum queues) reached this, or the queue's `x-delivery-limit` argument, is republished with a confirm and acked instead, so the queue's delivery-limit cannot drop it; 0: never",
+    ),
+    tsOnly: true,
+  },
   subscriberReconnectMaxDelay: {
     ...secs(60, 'cap of the exponential reconnect backoff starting at subscriber_reconnect_delay'),
     tsOnly: true,
