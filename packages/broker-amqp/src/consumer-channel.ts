@@ -234,7 +234,10 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
     pending
       ?.then((channel) => channel.close())
       .catch((error: unknown) =>
-        this.logger.debug({ server: this.server, err: error }, `closing republish channel: ${errorMessage(error)}`),
+        this.logger.debug(
+          { server: this.server, err: error },
+          `closing republish channel: ${errorMessage(error)}`,
+        ),
       );
   }
 

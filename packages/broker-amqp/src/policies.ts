@@ -246,7 +246,10 @@ export function checkPolicyUpdate(
     }
   }
   if (p.queue_type !== undefined && p.queue_type !== 'quorum' && p.queue_type !== 'classic') {
-    return refuse('queue_type', `queue_type must be "quorum" or "classic", got ${JSON.stringify(p.queue_type)}`);
+    return refuse(
+      'queue_type',
+      `queue_type must be "quorum" or "classic", got ${JSON.stringify(p.queue_type)}`,
+    );
   }
   return {
     queue_name: queue,

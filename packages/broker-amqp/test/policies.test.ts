@@ -172,6 +172,49 @@ describe('policies via the management API', () => {
     }
   });
 
+  it("a quorum queue gets delivery-limit 2147483647 (no limit but Beetle's attempts), its DLQ too", async () => {
+    const name = `bt.qq-${uid()}`;
+    const dlq = `${name}_dead_letter`;
+    const topology = new Topology().registerQueue(name, {
+      deadLettering: true,
+      arguments: { 'x-queue-type': 'quorum' },
+    });
+    const plain = `bt.cq-${uid()}`;
+    topology.registerQueue(plain);
+    const cfg = config({ updateQueuePropertiesSynchronously: true, servers: [server] });
+    const c = new BrokerConnection(brokerOptions(cfg, server, silentLogger));
+    opened.push(c);
+    try {
+      expect(policyUpdatePayload(server, topology.queue(name), []).queue_type).toBe('quorum');
+      expect(policyUpdatePayload(server, topology.queue(plain), [])).not.toHaveProperty('queue_type');
+      await setupQueue(await c.declarer(), topology, name, { server, config: cfg });
+      await setupQueue(await c.declarer(), topology, plain, { server, config: cfg });
+      expect((await policyOf(name)).body?.definition).toEqual({
+        'dead-letter-routing-key': dlq,
+        'dead-letter-exchange': '',
+        'delivery-limit': 2_147_483_647,
+      });
+      expect((await policyOf(dlq)).body?.definition).toMatchObject({ 'delivery-limit': 2_147_483_647 });
+      // A classic queue without lazy mode or dead lettering gets no policy, as in Ruby.
+      expect((await policyOf(plain)).status).toBe(404);
+      // The broker applies it (the management API shows it with the queue's next stats, about every 5 s).
+      for (let i = 0; i < 150; i++) {
+        const response = await management(server, 'GET', `/api/queues/%2F/${encodeURIComponent(name)}`);
+        const body = (await response.json()) as Record<string, unknown>;
+        const effective = body['effective_policy_definition'] as Record<string, unknown> | undefined;
+        if (effective?.['delivery-limit'] === 2_147_483_647) return;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      throw new Error('the queue never showed delivery-limit 2147483647 as its effective policy');
+    } finally {
+      await cleanup({
+        queues: [name, dlq, plain],
+        exchanges: [name, plain],
+        policies: [`${name}_policy`, `${dlq}_policy`],
+      });
+    }
+  });
+
   it('deletes a per-queue policy equal to the broker default policy', async () => {
     const name = `bt-def-${uid()}`;
     const cfg = config({ servers: [server], brokerDefaultPolicy: { 'queue-mode': 'lazy' } });

@@ -75,7 +75,12 @@ describe('Client', () => {
     // The keys go (all but the completed status and expires) only when the second copy was acked, so after
     // that the duplicate has been seen.
     const ref = { queue: name, uuid: seen[0]!.uuid };
-    await waitFor(async () => Object.keys(await store.inspect(ref)).sort().join() === 'expires,status');
+    await waitFor(
+      async () =>
+        Object.keys(await store.inspect(ref))
+          .sort()
+          .join() === 'expires,status',
+    );
     expect(seen).toHaveLength(1);
     expect(seen[0]?.json()).toEqual({ id: 7 });
     expect(seen[0]?.redundant).toBe(true);

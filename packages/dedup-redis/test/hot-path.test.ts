@@ -71,6 +71,7 @@ describe('the hot path of RedisDedupStore', () => {
     await sleep(200);
     expect(internals(store).sweeper).toBeUndefined();
     // Each message's completed status is kept (with expires) for copies coming back later.
-    for (const ref of refs) expect(Object.keys(await store.inspect(ref)).sort()).toEqual(['expires', 'status']);
+    for (const ref of refs)
+      expect(Object.keys(await store.inspect(ref)).sort()).toEqual(['expires', 'status']);
   });
 });

@@ -271,7 +271,10 @@ describe('round trips on a Redis of our own', () => {
         ['incr', `${p}:ack_count`],
         ['get', `${p}:expires`],
         ['time'],
-        ['del', ...['ack_count', 'timeout', 'delay', 'attempts', 'exceptions', 'mutex'].map((s) => `${p}:${s}`)],
+        [
+          'del',
+          ...['ack_count', 'timeout', 'delay', 'attempts', 'exceptions', 'mutex'].map((s) => `${p}:${s}`),
+        ],
         ['expire', `${p}:status`, '600'],
         ['expire', `${p}:expires`, '600'],
       ]);

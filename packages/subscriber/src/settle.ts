@@ -254,5 +254,7 @@ export function refreshAt(config: BeetleConfig, queue: QueueDefinition): number 
   const configured = config.requeueRefreshDeliveryCount;
   if (configured <= 0) return undefined;
   const limit = queue.arguments?.['x-delivery-limit'];
-  return typeof limit === 'number' && Number.isSafeInteger(limit) && limit > 0 ? Math.min(configured, limit) : configured;
+  return typeof limit === 'number' && Number.isSafeInteger(limit) && limit > 0
+    ? Math.min(configured, limit)
+    : configured;
 }

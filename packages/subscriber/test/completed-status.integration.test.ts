@@ -11,7 +11,15 @@ import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { deleteQueues, messageCount, raw, redisServer, servers, uid, waitFor } from './integration-helpers.js';
+import {
+  deleteQueues,
+  messageCount,
+  raw,
+  redisServer,
+  servers,
+  uid,
+  waitFor,
+} from './integration-helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 

@@ -7,7 +7,16 @@ import { Outcome, Topology, createConfig } from '@beetle/core';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Subscriber, type ProcessedEvent } from '@beetle/subscriber';
 import { afterEach, describe, expect, it } from 'vitest';
-import { deleteQueues, messageCount, publish, raw, redisServer, servers, uid, waitFor } from './integration-helpers.js';
+import {
+  deleteQueues,
+  messageCount,
+  publish,
+  raw,
+  redisServer,
+  servers,
+  uid,
+  waitFor,
+} from './integration-helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 
@@ -53,7 +62,9 @@ describe('a quorum queue with a small delivery limit (x-delivery-limit 3)', () =
     await waitFor(() => processed.some((p) => p.outcome === Outcome.OK), 20_000, 'the second attempt');
     const outcomes = processed.map((p) => p.outcome);
     const delayed = outcomes.filter((o) => o === Outcome.Delayed).length;
-    console.info(`[quorum] outcomes: HandlerCrash 1, Delayed ×${delayed}, then OK; handler runs ${runs.join(',')}`);
+    console.info(
+      `[quorum] outcomes: HandlerCrash 1, Delayed ×${delayed}, then OK; handler runs ${runs.join(',')}`,
+    );
     expect(runs).toEqual([1, 2]);
     expect(outcomes[0]).toBe(Outcome.HandlerCrash);
     expect(outcomes.at(-1)).toBe(Outcome.OK);

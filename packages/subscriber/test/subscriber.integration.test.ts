@@ -121,7 +121,8 @@ describe('Subscriber against real brokers and Redis', () => {
           // status), or Ruby's DEL of all keys.
           const name = command[0]?.toLowerCase();
           const forget =
-            (name === 'evalsha' && command[1] === FORGET_SHA) || (name === 'eval' && command[1] === FORGET.lua);
+            (name === 'evalsha' && command[1] === FORGET_SHA) ||
+            (name === 'eval' && command[1] === FORGET.lua);
           if (name !== 'del' && !forget) continue;
           const uuids = command.flatMap((key) => {
             const match = /^msgid:[^:]+:([^:]+)(:status)?$/.exec(key);

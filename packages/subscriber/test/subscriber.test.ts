@@ -76,7 +76,7 @@ class FakeChannel implements SubscriberChannel {
     this.republished.push({ queue, tag: delivery.fields.deliveryTag });
     return Promise.resolve();
   }
-    reject(delivery: Delivery, requeue: boolean): boolean {
+  reject(delivery: Delivery, requeue: boolean): boolean {
     if (this.closed) return false;
     this.rejected.push({ tag: delivery.fields.deliveryTag, requeue });
     return true;
