@@ -43,7 +43,10 @@ export interface RedundantSummary extends ExampleSummary {
   readonly notHandled: number;
   /** Copies that were acknowledged without running the handler again. */
   readonly duplicatesSuppressed: number;
-  /** `msgid:<queue>:*` keys left in Redis once everything was acknowledged (must be 0). */
+  /**
+   * `msgid:<queue>:*` keys left in Redis once everything was acknowledged, besides the completed status kept
+   * for `redisCompletedStatusTtl` (must be 0).
+   */
   readonly redisKeysLeft: number;
 }
 
@@ -138,7 +141,7 @@ export function formatRedundantSummary(s: RedundantSummary): string {
     `handled exactly once         ${s.handledOnce} of ${s.published}` +
       (s.handledTwice > 0 ? `, ${s.handledTwice} TWICE` : '') +
       (s.notHandled > 0 ? `, ${s.notHandled} NOT AT ALL` : ''),
-    `keys left in Redis           ${s.redisKeysLeft} (msgid:${s.queue}:*)`,
+    `keys left in Redis           ${s.redisKeysLeft} (msgid:${s.queue}:*, besides the kept completed status)`,
     `elapsed                      ${(s.elapsedMs / 1000).toFixed(2)} s`,
     '',
     s.ok

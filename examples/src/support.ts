@@ -205,10 +205,16 @@ export async function queueLength(config: BeetleConfig, queue: string): Promise<
   return counts.reduce((a, b) => a + b, 0);
 }
 
-/** Dedup keys (`msgid:<queue>:*`) left in Redis for a queue. */
+/**
+ * Dedup keys (`msgid:<queue>:*`) left in Redis for a queue, besides the completed status and `expires` every
+ * completed message keeps for `redisCompletedStatusTtl` (they expire by themselves).
+ */
 export async function dedupKeysLeft(store: RedisDedupStore, queue: string): Promise<number> {
   let count = 0;
-  for await (const _key of store.scanKeys({ match: `msgid:${queue}:*` })) count++;
+  for await (const key of store.scanKeys({ match: `msgid:${queue}:*` })) {
+    const suffix = parseKey(key)?.suffix;
+    if (suffix !== 'status' && suffix !== 'expires') count++;
+  }
   return count;
 }
 
