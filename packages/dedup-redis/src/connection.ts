@@ -4,10 +4,18 @@ import { DeadlineSweeper, errorMessage } from '@beetle/core/kit';
 import { StoreClient, type ScriptedRedis } from './client.js';
 import { fromErrorReply, isRetriableRedisError, RedisUnavailableError } from './errors.js';
 import { isRedisAddress, MasterFile } from './master.js';
+import { durably, type DurableCall } from './durable.js';
+import { describeSentinels, type SentinelTarget } from './sentinel.js';
 
 export interface RedisConnectionSettings {
-  /** `host:port`, or the path of a Redis master file. */
+  /** `host:port`, or the path of a Redis master file (unused with `sentinel`). */
   readonly redisServer: string;
+  /** The Sentinels that name the master, if they do (then `redisServer` is not looked at). */
+  readonly sentinel: SentinelTarget | undefined;
+  /** Replicas a durable call waits for (`WAIT`); 0: none. */
+  readonly waitReplicas: number;
+  /** Milliseconds one `WAIT` may block (less than `readTimeoutMs`). */
+  readonly waitTimeoutMs: number;
   readonly systemName: string;
   readonly db: number;
   readonly password: string | undefined;
@@ -59,10 +67,13 @@ class ReplyWait<T> {
 }
 
 /** What a call does on the client, with up to two arguments (so that hot callers need no closure). */
-type Call<T, A, B> = (client: ScriptedRedis, a: A, b: B) => Promise<T>;
+export type Call<T, A, B> = (client: ScriptedRedis, a: A, b: B) => Promise<T>;
 
 /** How long a connection must stay silent after a probe of its server answered to count as dead (ms). */
 const PROBE_GRACE_MS = 100;
+
+/** At most one warning per this many ms about fewer replicas connected than `waitReplicas`. */
+const DEGRADED_LOG_INTERVAL_MS = 60_000;
 
 /** How often, at most, the sweeper looks for stalled calls (ms); more often with a short `readTimeout`. */
 const SWEEP_INTERVAL_MS = 250;
@@ -97,8 +108,9 @@ export class RedisConnection {
   private readonly waiting: DeadlineSweeper<ReplyWait<unknown>>;
 
   constructor(private readonly settings: RedisConnectionSettings) {
-    this.masterFile = isRedisAddress(settings.redisServer)
-      ? undefined
+    this.masterFile =
+      settings.sentinel !== undefined || isRedisAddress(settings.redisServer)
+        ? undefined
       : new MasterFile(
           settings.redisServer,
           settings.systemName,
@@ -115,8 +127,41 @@ export class RedisConnection {
 
   /** The `host:port` currently connected to (or being connected to), if any. */
   get currentAddress(): string | undefined {
-    return this.address;
+    return this.settings.sentinel === undefined ? this.address : this.client?.connectedAddress;
   }
+
+  /**
+   * `run`, for a call whose effect the caller acts on (a claim runs a handler, a completion lets the broker
+   * ack go out): with `waitReplicas` > 0 the reply is only given once that many replicas have the write
+   * (`WAIT`), so a failover to one of them cannot forget it. A shortfall is retried like an outage. Only for
+   * calls that are harmless to resend (idempotent, or answered from a reply key).
+   */
+  runDurable<T, A, B = undefined>(operation: string, call: Call<T, A, B>, a: A, b?: B): Promise<T> {
+    const { waitReplicas, waitTimeoutMs } = this.settings;
+    if (waitReplicas <= 0) return this.run(operation, call, a, b);
+    const step: DurableCall<T, A, B> = {
+      call,
+      a,
+      b: b as B,
+      replicas: waitReplicas,
+      timeoutMs: waitTimeoutMs,
+      onDegraded: this.onDegraded,
+    };
+    return this.run(operation, durably, step);
+  }
+
+  /** When the last "fewer replicas than waitReplicas" warning was logged (at most one per minute). */
+  private degradedLoggedAt = Number.NEGATIVE_INFINITY;
+
+  private readonly onDegraded = (connected: number): void => {
+    const now = Date.now();
+    if (now - this.degradedLoggedAt < DEGRADED_LOG_INTERVAL_MS) return;
+    this.degradedLoggedAt = now;
+    this.settings.logger.warn(
+      { server: this.describeServer(), connected, waitReplicas: this.settings.waitReplicas },
+      'Redis dedup store: fewer replicas connected than waitReplicas; going on with those there are',
+    );
+  };
 
   /**
    * Runs `operation` on the current master, retrying connection-level failures until the failover timeout.
@@ -230,7 +275,7 @@ export class RedisConnection {
           (await this.silentAfterProbe(client, lastData))
         ) {
           this.settings.logger.warn(
-            { server: this.address },
+            { server: this.describeServer() },
             'Redis dedup store: connection silent while the server answers; reconnecting',
           );
           client.redis.stream.destroy(); // not end(): a dead peer would never complete the close
@@ -281,6 +326,10 @@ export class RedisConnection {
   }
 
   private describeServer(): string {
+    const { sentinel } = this.settings;
+    if (sentinel !== undefined) {
+      return `${this.client?.connectedAddress ?? 'no master yet'} via ${describeSentinels(sentinel)}`;
+    }
     const at = this.address ?? 'no master';
     return this.masterFile === undefined ? at : `${at} from ${this.masterFile.path}`;
   }
@@ -309,7 +358,7 @@ export class RedisConnection {
     this.assertOpen();
     if (statusOf(client) === 'ready' && client === this.client) return client;
     throw new RedisUnavailableError(
-      `Redis ${this.address ?? '(no master)'} is not connected (${client.status})` +
+      `Redis ${this.describeServer()} is not connected (${client.status})` +
         (this.lastClientError ? `: ${this.lastClientError.message}` : ''),
       { cause: this.lastClientError },
     );
@@ -332,12 +381,15 @@ export class RedisConnection {
     this.wakeAll();
   }
 
+  /** A client of `address`, or with Sentinel of the master the Sentinels name (`address` is not used). */
   private connect(address: string): StoreClient {
-    const client = new StoreClient(address, this.settings, (error) => {
+    const { sentinel } = this.settings;
+    const target = sentinel === undefined ? { address } : { sentinel };
+    const client = new StoreClient(target, this.settings, (error) => {
       this.lastClientError = error;
     });
     this.client = client;
-    this.address = address;
+    this.address = sentinel === undefined ? address : undefined;
     return client;
   }
 
