@@ -4,7 +4,7 @@ import { DeadlineSweeper, errorMessage } from '@beetle/core/kit';
 import { StoreClient, type ScriptedRedis } from './client.js';
 import { fromErrorReply, isRetriableRedisError, RedisUnavailableError } from './errors.js';
 import { isRedisAddress, MasterFile } from './master.js';
-import { durably, type DurableCall } from './durable.js';
+import { ReplicaWait } from './durable.js';
 import { describeSentinels, type SentinelTarget } from './sentinel.js';
 
 export interface RedisConnectionSettings {
@@ -72,9 +72,6 @@ export type Call<T, A, B> = (client: ScriptedRedis, a: A, b: B) => Promise<T>;
 /** How long a connection must stay silent after a probe of its server answered to count as dead (ms). */
 const PROBE_GRACE_MS = 100;
 
-/** At most one warning per this many ms about fewer replicas connected than `waitReplicas`. */
-const DEGRADED_LOG_INTERVAL_MS = 60_000;
-
 /** How often, at most, the sweeper looks for stalled calls (ms); more often with a short `readTimeout`. */
 const SWEEP_INTERVAL_MS = 250;
 
@@ -106,6 +103,8 @@ export class RedisConnection {
   private readonly wakeups = new Set<() => void>();
   /** Calls waiting for their replies until their read timeout (or the failover deadline). */
   private readonly waiting: DeadlineSweeper<ReplyWait<unknown>>;
+  /** The replicas durable calls wait for (`waitReplicas` > 0). */
+  private readonly durable: ReplicaWait | undefined;
 
   constructor(private readonly settings: RedisConnectionSettings) {
     this.masterFile =
@@ -117,6 +116,12 @@ export class RedisConnection {
           settings.masterFileCheckIntervalMs,
           (master) => this.switchTo(master),
         );
+    this.durable =
+      settings.waitReplicas > 0
+        ? new ReplicaWait(settings.waitReplicas, settings.waitTimeoutMs, settings.logger, () =>
+            this.describeServer(),
+          )
+        : undefined;
     this.waiting = new DeadlineSweeper({
       periodMs: Math.max(10, Math.min(SWEEP_INTERVAL_MS, settings.readTimeoutMs / 4)),
       onExpired: (wait) => wait.interrupt(TIMED_OUT),
@@ -137,31 +142,10 @@ export class RedisConnection {
    * calls that are harmless to resend (idempotent, or answered from a reply key).
    */
   runDurable<T, A, B = undefined>(operation: string, call: Call<T, A, B>, a: A, b?: B): Promise<T> {
-    const { waitReplicas, waitTimeoutMs } = this.settings;
-    if (waitReplicas <= 0) return this.run(operation, call, a, b);
-    const step: DurableCall<T, A, B> = {
-      call,
-      a,
-      b: b as B,
-      replicas: waitReplicas,
-      timeoutMs: waitTimeoutMs,
-      onDegraded: this.onDegraded,
-    };
-    return this.run(operation, durably, step);
+    const durable = this.durable;
+    if (durable === undefined) return this.run(operation, call, a, b);
+    return this.run(operation, (client) => durable.run(client, call, a, b as B));
   }
-
-  /** When the last "fewer replicas than waitReplicas" warning was logged (at most one per minute). */
-  private degradedLoggedAt = Number.NEGATIVE_INFINITY;
-
-  private readonly onDegraded = (connected: number): void => {
-    const now = Date.now();
-    if (now - this.degradedLoggedAt < DEGRADED_LOG_INTERVAL_MS) return;
-    this.degradedLoggedAt = now;
-    this.settings.logger.warn(
-      { server: this.describeServer(), connected, waitReplicas: this.settings.waitReplicas },
-      'Redis dedup store: fewer replicas connected than waitReplicas; going on with those there are',
-    );
-  };
 
   /**
    * Runs `operation` on the current master, retrying connection-level failures until the failover timeout.
