@@ -21,15 +21,41 @@ export interface SentinelGroup {
 }
 
 /** `SENTINEL get-master-addr-by-name` on one Sentinel: `host:port`, or undefined when it knows none. */
-export async function sentinelMaster(sentinel: string, name: string, timeoutMs = 2000): Promise<string | undefined> {
+export async function sentinelMaster(
+  sentinel: string,
+  name: string,
+  timeoutMs = 2000,
+): Promise<string | undefined> {
   const reply = await exchange(sentinel, `SENTINEL get-master-addr-by-name ${name}\r\n`, {
     timeoutMs,
     // `*2 $n host $n port` has five line ends; `*-1` (unknown name) and `-ERR` one.
-    until: (b) => (b[0] === 0x2a && b[1] !== 0x2d ? b.toString().split('\r\n').length > 5 : b.includes('\r\n')),
+    until: (b) =>
+      b[0] === 0x2a && b[1] !== 0x2d ? b.toString().split('\r\n').length > 5 : b.includes('\r\n'),
   });
   const lines = reply.toString('utf8').split('\r\n');
   if (lines[0] !== '*2') return undefined;
   return `${lines[2]}:${lines[4]}`;
+}
+
+/**
+ * Starts one disposable Sentinel on 127.0.0.1:port watching `master` (`host:port`) as `masterName` (quorum
+ * 2), the master considered down after `downAfterMs` (default 1000). A fresh configuration at every start.
+ */
+export async function startSentinel(
+  port: number,
+  master: string,
+  opts: { masterName?: string; downAfterMs?: number } = {},
+): Promise<ServiceHandle> {
+  checkDisposablePort('startSentinel', port);
+  const handle = makeHandle('sentinel', port, [
+    master,
+    '--name',
+    opts.masterName ?? 'beetle',
+    '--down-after',
+    String(opts.downAfterMs ?? 1000),
+  ]);
+  await handle.start();
+  return handle;
 }
 
 /**
@@ -45,14 +71,17 @@ export async function startSentinelGroup(opts: {
   downAfterMs?: number;
 }): Promise<SentinelGroup> {
   const masterName = opts.masterName ?? 'beetle';
-  const downAfter = String(opts.downAfterMs ?? 1000);
   for (const port of opts.sentinelPorts) checkDisposablePort('startSentinelGroup', port);
   const master = await startRedis(opts.masterPort);
   const replica = await startRedis(opts.replicaPort, { replicaOf: master.address });
-  const sentinels = opts.sentinelPorts.map((port) =>
-    makeHandle('sentinel', port, [master.address, '--name', masterName, '--down-after', downAfter]),
+  const sentinels = await Promise.all(
+    opts.sentinelPorts.map((port) =>
+      startSentinel(port, master.address, {
+        masterName,
+        ...(opts.downAfterMs === undefined ? {} : { downAfterMs: opts.downAfterMs }),
+      }),
+    ),
   );
-  await Promise.all(sentinels.map((sentinel) => sentinel.start()));
   const addresses = sentinels.map((s) => s.address);
   const currentMaster = async (): Promise<string> => {
     for (const sentinel of addresses) {
@@ -77,7 +106,9 @@ export async function startSentinelGroup(opts: {
         const [first] = named;
         if (first !== undefined && first !== old && named.every((n) => n === first)) return first;
         if (Date.now() > deadline) {
-          throw new Error(`no failover from ${old} within ${timeoutMs} ms (Sentinels name ${named.join(', ')})`);
+          throw new Error(
+            `no failover from ${old} within ${timeoutMs} ms (Sentinels name ${named.join(', ')})`,
+          );
         }
         await sleep(100);
       }
@@ -92,7 +123,7 @@ export async function startSentinelGroup(opts: {
 }
 
 /** Until every Sentinel counts the two others (their hello messages go every 2 s): a failover needs them. */
-async function awaitSentinelsKnowEachOther(addresses: readonly string[], name: string): Promise<void> {
+export async function awaitSentinelsKnowEachOther(addresses: readonly string[], name: string): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
     const counts = await Promise.all(
