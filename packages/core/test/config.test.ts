@@ -156,6 +156,11 @@ describe('option table', () => {
       'rejectRequeueMaxDelay',
       'stopTimeout',
       'policyUpdatesAllowedQueues',
+      'redisSentinels',
+      'redisSentinelMasterName',
+      'redisSentinelPassword',
+      'redisWaitReplicas',
+      'redisWaitTimeout',
     ]);
   });
 

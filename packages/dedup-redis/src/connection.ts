@@ -110,12 +110,12 @@ export class RedisConnection {
     this.masterFile =
       settings.sentinel !== undefined || isRedisAddress(settings.redisServer)
         ? undefined
-      : new MasterFile(
-          settings.redisServer,
-          settings.systemName,
-          settings.masterFileCheckIntervalMs,
-          (master) => this.switchTo(master),
-        );
+        : new MasterFile(
+            settings.redisServer,
+            settings.systemName,
+            settings.masterFileCheckIntervalMs,
+            (master) => this.switchTo(master),
+          );
     this.durable =
       settings.waitReplicas > 0
         ? new ReplicaWait(settings.waitReplicas, settings.waitTimeoutMs, settings.logger, () =>

@@ -11,7 +11,7 @@ const DEGRADED_LOG_INTERVAL_MS = 60_000;
 
 /** The replicas connected to the server right now per `ROLE`, or `undefined` if it is not a master. */
 async function connectedReplicas(client: ScriptedRedis): Promise<number | undefined> {
-  const role = (await client.call('ROLE')) as unknown;
+  const role = await client.call('ROLE');
   if (!Array.isArray(role) || role[0] !== 'master') return undefined;
   return Array.isArray(role[2]) ? role[2].length : 0;
 }

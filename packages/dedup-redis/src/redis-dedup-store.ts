@@ -152,11 +152,13 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
-    const reply = await this.runOnce('acquire', 'beetleAcquire', ref, [
-      String(params.now),
-      timeoutArg(params.timeoutAt, params.timeout),
-      String(params.staleAfter),
-    ], { durable: true });
+    const reply = await this.runOnce(
+      'acquire',
+      'beetleAcquire',
+      ref,
+      [String(params.now), timeoutArg(params.timeoutAt, params.timeout), String(params.staleAfter)],
+      { durable: true },
+    );
     if (typeof reply !== 'number') throw unexpected('acquire', reply);
     return reply > 0 ? { acquired: true, attempts: reply } : { acquired: false };
   }
@@ -168,15 +170,21 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
-    const reply = await this.runOnce('fail', 'beetleFail', ref, [
-      String(params.attemptsLimit),
-      String(params.exceptionsLimit),
-      params.accepted ? '1' : '0',
-      params.storeClock === true ? '' : String(params.now),
-      String(params.delay),
-      params.maxDelay === undefined ? '' : String(params.maxDelay),
-      params.expiresAt === undefined ? '' : String(params.expiresAt),
-    ], { durable: true });
+    const reply = await this.runOnce(
+      'fail',
+      'beetleFail',
+      ref,
+      [
+        String(params.attemptsLimit),
+        String(params.exceptionsLimit),
+        params.accepted ? '1' : '0',
+        params.storeClock === true ? '' : String(params.now),
+        String(params.delay),
+        params.maxDelay === undefined ? '' : String(params.maxDelay),
+        params.expiresAt === undefined ? '' : String(params.expiresAt),
+      ],
+      { durable: true },
+    );
     return failResult(reply);
   }
 

@@ -117,7 +117,7 @@ export async function askSentinels(
     sentinel.on('error', () => undefined); // the outcome is the command's
     try {
       await sentinel.connect();
-      const reply = (await sentinel.call('SENTINEL', 'get-master-addr-by-name', target.masterName)) as unknown;
+      const reply = await sentinel.call('SENTINEL', 'get-master-addr-by-name', target.masterName);
       if (Array.isArray(reply) && reply.length === 2) {
         const [masterHost, masterPort] = reply as unknown[];
         const address = `${String(masterHost)}:${String(masterPort)}`;

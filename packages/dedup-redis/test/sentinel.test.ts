@@ -48,9 +48,7 @@ describe('Sentinel settings', () => {
     expect(() => parseSentinelUrl('sentinel://h1:26379')).toThrow(ConfigurationError);
     expect(() => parseSentinelUrl('sentinel://h1/name')).toThrow(/host:port/);
     // A master file for Ruby consumers next to the Sentinels for TypeScript ones: the Sentinels win here.
-    expect(
-      sentinelTarget({ redisServer: '/etc/beetle/redis-master', redisSentinels: 'a:1,b:2' }),
-    ).toEqual({
+    expect(sentinelTarget({ redisServer: '/etc/beetle/redis-master', redisSentinels: 'a:1,b:2' })).toEqual({
       sentinels: [
         { host: 'a', port: 1 },
         { host: 'b', port: 2 },
@@ -59,9 +57,9 @@ describe('Sentinel settings', () => {
       password: undefined,
     });
     expect(sentinelTarget({ redisServer: 'localhost:6379' })).toBeUndefined();
-    expect(() =>
-      sentinelTarget({ redisServer: 'sentinel://a:1/m', redisSentinels: ['b:2'] }),
-    ).toThrow(/name the Sentinels once/);
+    expect(() => sentinelTarget({ redisServer: 'sentinel://a:1/m', redisSentinels: ['b:2'] })).toThrow(
+      /name the Sentinels once/,
+    );
   });
 
   it('takes the configuration keys (Ruby-style names in files and the environment)', () => {

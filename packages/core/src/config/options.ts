@@ -280,7 +280,10 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     ),
     unit: 'seconds',
   },
-  redisServer: str('localhost:6379', '`host:port` of the dedup store, or the path of the redis master file'),
+  redisServer: str(
+    'localhost:6379',
+    '`host:port` of the dedup store, the path of the redis master file, or `sentinel://host:port,…/<master>`',
+  ),
   redisServers: anyStr('unused by the library; kept for the Go daemons sharing the file'),
   redisDb: int(4, 0, undefined, 'Redis database of the dedup store'),
   redisConnectTimeout: secs(5, 'Redis connect timeout'),
