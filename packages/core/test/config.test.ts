@@ -88,6 +88,11 @@ describe('defaults', () => {
       rejectRequeueMaxDelay: 10,
       stopTimeout: 30,
       policyUpdatesAllowedQueues: '',
+      redisSentinels: [],
+      redisSentinelMasterName: 'mymaster',
+      redisSentinelPassword: undefined,
+      redisWaitReplicas: 0,
+      redisWaitTimeout: 1,
     });
   });
 
