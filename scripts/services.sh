@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Real services for Beetle development, tests and CI (no Docker needed).
 #
-#   scripts/services.sh up|down|status [--third-broker]
+#   scripts/services.sh up|down|status [--third-broker] [--sentinels]
 #   scripts/services.sh start-broker <amqpPort> [name] [--tls <port> <certDir> [--verify-peer]]
 #   scripts/services.sh stop-broker <amqpPort> | pid-broker <amqpPort>
 #   scripts/services.sh start-redis <port> [--replicaof host:port] [--tls <port> <certDir>]
 #   scripts/services.sh stop-redis <port> | pid-redis <port>
+#   scripts/services.sh start-sentinel <port> <masterHost:port> [--name <master>] [--down-after <ms>]
+#   scripts/services.sh stop-sentinel <port> | pid-sentinel <port>
 #   scripts/services.sh down --purge      # also delete the state directory
 #
 # `up` provides RabbitMQ on 5672 and 5673 (optionally 5674 with --third-broker
 # or BEETLE_THIRD_BROKER=1), each with its management API on "1"+port, and
 # Redis on 6379 with a replica on 6380. Services already running are reused.
+# `--sentinels` (or BEETLE_SENTINELS=1) adds three Redis Sentinels on
+# 26379-26381 watching that pair as `mymaster` (quorum 2): the dedup store
+# then follows failovers with redisServer
+# sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/mymaster.
 #
 # Conventions for every broker this script starts: node <name>@localhost,
 # management port "1"+amqpPort, Erlang distribution port amqpPort+20000.
@@ -35,7 +41,7 @@ log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -518,6 +524,80 @@ ensure_redis() {
   launch_redis "$port" "$replicaof"
 }
 
+# ------------------------------------------------------------ sentinel ---
+
+SENTINEL_PORTS=(26379 26380 26381)
+
+sentinel_dir() { echo "$STATE_DIR/sentinel-$1"; }
+
+sentinel_pid() {
+  local dir pid
+  dir=$(sentinel_dir "$1")
+  pid=$(cat "$dir/sentinel.pid" 2>/dev/null) || return 1
+  pid_is_ours "$pid" "$dir" && echo "$pid"
+}
+
+sentinel_running() { sentinel_pid "$1" >/dev/null; }
+
+# Knows a master for the name (it has finished reading its configuration).
+sentinel_answers() {
+  timeout 3 redis-cli -h "$HOST" -p "$1" sentinel get-master-addr-by-name "$2" 2>/dev/null | grep -q .
+}
+
+# A fresh configuration at every start: Sentinel rewrites it with what it
+# learns (replicas, other Sentinels, epochs), which belongs to one group's life.
+launch_sentinel() {
+  local port=$1 master=$2 name=${3:-mymaster} down_after=${4:-5000} dir
+  dir=$(sentinel_dir "$port")
+  sentinel_running "$port" && return 0
+  port_in_use "$port" && die "cannot start sentinel on $port: the port is in use by a process this script did not start"
+  [[ "$master" =~ ^[^:]+:[0-9]+$ ]] || die "start-sentinel expects the master as host:port, got '$master'"
+  mkdir -p "$dir"
+  rm -f "$dir/sentinel.pid"
+  cat >"$dir/sentinel.conf" <<CONF
+port $port
+bind $HOST
+daemonize yes
+pidfile $dir/sentinel.pid
+logfile $dir/sentinel.log
+dir $dir
+sentinel monitor $name ${master%:*} ${master##*:} 2
+sentinel down-after-milliseconds $name $down_after
+sentinel failover-timeout $name $((down_after * 4 > 10000 ? down_after * 4 : 10000))
+sentinel parallel-syncs $name 1
+CONF
+  log "starting sentinel on $HOST:$port (watching $name at $master, down after ${down_after}ms)"
+  (
+    cd "$dir"
+    close_inherited_fds
+    BEETLE_SERVICE_INSTANCE="$dir" exec redis-server "$dir/sentinel.conf" --sentinel </dev/null >>"$dir/stdout.log" 2>&1
+  ) ||
+    { tail -n 20 "$dir/stdout.log" "$dir/sentinel.log" >&2 2>/dev/null; die "sentinel on $HOST:$port failed to start"; }
+}
+
+start_sentinel() {
+  local port=$1 name=${3:-mymaster}
+  launch_sentinel "$@"
+  wait_for "sentinel on $HOST:$port" sentinel_answers "$port" "$name" ||
+    { tail -n 20 "$(sentinel_dir "$port")/sentinel.log" >&2 2>/dev/null; die "sentinel on $HOST:$port does not answer"; }
+  log "sentinel on $HOST:$port is up (pid $(sentinel_pid "$port"))"
+}
+
+stop_sentinel() {
+  local port=$1 pid i
+  if ! pid=$(sentinel_pid "$port"); then
+    log "no running sentinel on $port was started by this script; nothing to stop"
+    return 0
+  fi
+  log "stopping sentinel on $HOST:$port (pid $pid)"
+  kill -CONT "$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
+  if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait_for "port of the stopped sentinel on $port to close" ports_closed "$port" || true
+  rm -f "$(sentinel_dir "$port")/sentinel.pid"
+}
+
 # ------------------------------------------------------------- commands ---
 
 broker_ports() {
@@ -547,12 +627,29 @@ cmd_up() {
   log "redis $HOST:6379 ok"
   wait_redis 6380 replica
   log "redis $HOST:6380 ok (replica, link up)"
+  if [ -n "$SENTINELS" ]; then
+    for port in "${SENTINEL_PORTS[@]}"; do
+      sentinel_running "$port" && continue
+      if sentinel_answers "$port" mymaster; then continue; fi # someone else's
+      with_lock "sentinel-$port" launch_sentinel "$port" "$HOST:6379" mymaster
+    done
+    for port in "${SENTINEL_PORTS[@]}"; do
+      wait_for "sentinel on $HOST:$port" sentinel_answers "$port" mymaster || die "sentinel on $HOST:$port does not answer"
+      log "sentinel $HOST:$port ok (master mymaster at $(timeout 3 redis-cli -h "$HOST" -p "$port" sentinel get-master-addr-by-name mymaster | paste -sd: -))"
+    done
+  fi
   log "all services up in $((SECONDS - start))s"
 }
 
 cmd_down() {
   local dir port
   shopt -s nullglob
+  # Sentinels first: they would fail over a master stopped before them.
+  for dir in "$STATE_DIR"/sentinel-*/; do
+    dir=${dir%/}
+    port=${dir##*/sentinel-}
+    if sentinel_running "$port"; then with_lock "sentinel-$port" stop_sentinel "$port"; fi
+  done
   # Includes disposable instances that tests left running.
   for dir in "$STATE_DIR"/broker-*/; do
     dir=${dir%/}
@@ -597,18 +694,31 @@ cmd_status() {
       failed=1
     fi
   done
+  if [ -n "$SENTINELS" ]; then
+    for port in "${SENTINEL_PORTS[@]}"; do
+      if sentinel_answers "$port" mymaster; then
+        printf '%-9s %-16s up    (mymaster at %s)\n' sentinel "$HOST:$port" \
+          "$(timeout 3 redis-cli -h "$HOST" -p "$port" sentinel get-master-addr-by-name mymaster | paste -sd: -)"
+      else
+        printf '%-9s %-16s DOWN\n' sentinel "$HOST:$port"
+        failed=1
+      fi
+    done
+  fi
   # Disposable instances (informational only).
   shopt -s nullglob
-  for dir in "$STATE_DIR"/broker-*/ "$STATE_DIR"/redis-*/; do
+  for dir in "$STATE_DIR"/broker-*/ "$STATE_DIR"/redis-*/ "$STATE_DIR"/sentinel-*/; do
     dir=${dir%/}
     case ${dir##*/} in
       broker-5672 | broker-5673 | redis-6379 | redis-6380) continue ;;
+      sentinel-26379 | sentinel-26380 | sentinel-26381) [ -n "$SENTINELS" ] && continue ;;
       broker-5674) [ -n "$THIRD" ] && continue ;;
     esac
     port=${dir##*-}
     case ${dir##*/} in
       broker-*) broker_running "$port" && printf '%-9s %-16s running (disposable, %s)\n' rabbitmq "$HOST:$port" "$(broker_node "$port")" ;;
       redis-*) redis_running "$port" && printf '%-9s %-16s running (disposable)\n' redis "$HOST:$port" ;;
+      sentinel-*) sentinel_running "$port" && printf '%-9s %-16s running (disposable)\n' sentinel "$HOST:$port" ;;
     esac
   done
   return "$failed"
@@ -619,12 +729,15 @@ cmd=$1
 shift
 THIRD=${BEETLE_THIRD_BROKER:-}
 [ "$THIRD" = 0 ] && THIRD=
+SENTINELS=${BEETLE_SENTINELS:-}
+[ "$SENTINELS" = 0 ] && SENTINELS=
 PURGE=
 case $cmd in
   up | down | status)
     for arg in "$@"; do
       case $arg in
         --third-broker) THIRD=1 ;;
+        --sentinels) SENTINELS=1 ;;
         --purge) PURGE=1 ;;
         *) usage ;;
       esac
@@ -697,6 +810,32 @@ case $cmd in
   pid-redis)
     [ $# -eq 1 ] || usage
     redis_pid "$1" || die "no running redis on $1 started by this script"
+    ;;
+  start-sentinel)
+    [ $# -ge 2 ] || usage
+    port=$1 master=$2 name=mymaster down_after=5000
+    shift 2
+    while [ $# -gt 0 ]; do
+      case $1 in
+        --name) [ $# -ge 2 ] || usage; name=$2; shift 2 ;;
+        --down-after) [ $# -ge 2 ] || usage; down_after=$2; shift 2 ;;
+        *) usage ;;
+      esac
+    done
+    valid_port "$port"
+    [[ "$down_after" =~ ^[0-9]+$ ]] || die "--down-after expects milliseconds, got '$down_after'"
+    [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name: invalid master name '$name'"
+    ensure_packages
+    with_lock "sentinel-$port" start_sentinel "$port" "$master" "$name" "$down_after"
+    ;;
+  stop-sentinel)
+    [ $# -eq 1 ] || usage
+    valid_port "$1"
+    with_lock "sentinel-$1" stop_sentinel "$1"
+    ;;
+  pid-sentinel)
+    [ $# -eq 1 ] || usage
+    sentinel_pid "$1" || die "no running sentinel on $1 started by this script"
     ;;
   *) usage ;;
 esac

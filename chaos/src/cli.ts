@@ -1,8 +1,10 @@
 /**
  * `pnpm chaos [--messages M] [--duration S] [--seed N] [--publishers P] [--consumers C]
- *             [--faults kill-broker,n-1-down,redis-stop,redis-promote,consumer-kill,broker-pause,mixed|none]
+ *             [--faults kill-broker,n-1-down,redis-stop,redis-promote,consumer-kill,broker-pause,
+ *                       sentinel-failover,mixed|none]
  *             [--max-faults K] [--drain S] [--base-port PORT] [--concurrency N] [--status-key-expiry S]
  *             [--completed-status-ttl S]
+ *             [--redis file|sentinel]
  *             [--keep] [--keep-services] [--json]`
  *
  * Exit status: 0 when nothing was lost, duplicated or unexpected; 1 otherwise; 2 when the run itself failed.
@@ -10,12 +12,13 @@
 import { parseArgs } from 'node:util';
 import { portsFrom } from './cluster.js';
 import { runChaos, type ChaosResult } from './harness.js';
-import { FAULTS, isFault, type FaultKind } from './nemesis.js';
+import { ALL_FAULTS, isFault, type FaultKind, type RedisMode } from './nemesis.js';
 import { randomSeed } from './prng.js';
 
 const USAGE = `usage: pnpm chaos [--messages 1000] [--duration 60] [--seed N] [--publishers 1] [--consumers 2]
-                  [--faults ${FAULTS.join(',')},mixed|none] [--max-faults K] [--drain 90]
-                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--completed-status-ttl 600] [--keep] [--keep-services] [--json]`;
+                  [--faults ${ALL_FAULTS.join(',')},mixed|none] [--max-faults K] [--drain 90]
+                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--completed-status-ttl 600]
+                  [--redis file|sentinel] [--keep] [--keep-services] [--json]`;
 
 function fail(message: string): never {
   process.stderr.write(`${message}\n${USAGE}\n`);
@@ -35,6 +38,11 @@ function parseFaults(value: string): FaultKind[] | 'mixed' {
   const faults = value.split(',').map((f) => f.trim());
   for (const fault of faults) if (!isFault(fault)) fail(`--faults: unknown fault ${fault}`);
   return faults as FaultKind[];
+}
+
+function redisOption(value: string): RedisMode {
+  if (value !== 'file' && value !== 'sentinel') fail(`--redis: file or sentinel, got ${value}`);
+  return value;
 }
 
 export function formatResult(result: ChaosResult): string {
@@ -97,6 +105,7 @@ async function main(): Promise<void> {
         concurrency: { type: 'string' },
         'status-key-expiry': { type: 'string' },
         'completed-status-ttl': { type: 'string' },
+        redis: { type: 'string' },
         keep: { type: 'boolean', default: false },
         'keep-services': { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
@@ -140,6 +149,7 @@ async function main(): Promise<void> {
       concurrency: Math.floor(number('concurrency', v.concurrency, 1)),
       statusKeyExpiry: Math.floor(number('status-key-expiry', v['status-key-expiry'], 0)),
       completedStatusTtl: Math.floor(number('completed-status-ttl', v['completed-status-ttl'], 600)),
+      ...(v.redis === undefined ? {} : { redis: redisOption(v.redis) }),
       keepDir: v.keep,
       keepServices: v['keep-services'],
       signal: controller.signal,

@@ -4,11 +4,14 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import {
+  awaitSentinelsKnowEachOther,
   probeAmqp,
   probeRedis,
   redisCommand,
+  sentinelMaster,
   startBroker,
   startRedis,
+  startSentinel,
   type ServiceHandle,
 } from '@beetle/test-services';
 
@@ -17,19 +20,38 @@ export interface ClusterPorts {
   readonly brokers: readonly number[];
   /** Redis master, then replica. */
   readonly redis: readonly [number, number];
+  /** The three Sentinels of `--redis sentinel` (default: Redis master port + 20010..20012). */
+  readonly sentinels?: readonly [number, number, number];
 }
+
+/** The master's name at the run's Sentinels. */
+export const SENTINEL_MASTER_NAME = 'chaos';
+
+const sentinelPortsOf = (masterPort: number): [number, number, number] => [
+  masterPort + 20010,
+  masterPort + 20011,
+  masterPort + 20012,
+];
 
 /** Ports of the machine's own services, which a chaos run must never touch. */
 const FORBIDDEN_PORTS = new Set([5672, 5673, 5674, 6379, 6380]);
 
-export const DEFAULT_PORTS: ClusterPorts = { brokers: [5690, 5691, 5692], redis: [6397, 6398] };
+export const DEFAULT_PORTS: ClusterPorts = {
+  brokers: [5690, 5691, 5692],
+  redis: [6397, 6398],
+  sentinels: sentinelPortsOf(6397),
+};
 
-/** Ports derived from a base AMQP port: brokers base..base+n-1, Redis 6397/6398 shifted by the same offset. */
+/**
+ * Ports derived from a base AMQP port: brokers base..base+n-1, Redis 6397/6398 shifted by the same offset,
+ * Sentinels at the Redis master's port + 20010..20012 (26407-26409 for the default base 5690).
+ */
 export function portsFrom(baseAmqpPort: number, brokers = 3): ClusterPorts {
   const offset = baseAmqpPort - 5690;
   const ports: ClusterPorts = {
     brokers: Array.from({ length: brokers }, (_, i) => baseAmqpPort + i),
     redis: [6397 + offset, 6398 + offset],
+    sentinels: sentinelPortsOf(6397 + offset),
   };
   for (const port of [...ports.brokers, ...ports.redis]) {
     if (FORBIDDEN_PORTS.has(port))
@@ -56,10 +78,23 @@ export class Cluster {
     public replica: ServiceHandle,
     readonly masterFile: string,
     private readonly log: Log,
+    /** With `--redis sentinel`: the Sentinels watching master and replica. */
+    readonly sentinels: readonly ServiceHandle[] = [],
   ) {}
 
-  /** Starts every service (brokers in parallel) and writes the master file. */
-  static async start(ports: ClusterPorts, masterFile: string, log: Log): Promise<Cluster> {
+  /** `redisServer` of the consumers with Sentinels, else undefined (they read the master file). */
+  get sentinelUrl(): string | undefined {
+    if (this.sentinels.length === 0) return undefined;
+    return `sentinel://${this.sentinels.map((s) => s.address).join(',')}/${SENTINEL_MASTER_NAME}`;
+  }
+
+  /** Starts every service (brokers in parallel) and writes the master file; Sentinels with `sentinel`. */
+  static async start(
+    ports: ClusterPorts,
+    masterFile: string,
+    log: Log,
+    options: { readonly sentinel?: boolean } = {},
+  ): Promise<Cluster> {
     for (const port of [...ports.brokers, ...ports.redis]) {
       if (FORBIDDEN_PORTS.has(port))
         throw new Error(`chaos: port ${port} belongs to the machine's own services`);
@@ -100,6 +135,26 @@ export class Cluster {
     }
     const brokerHandles = handles.slice(0, ports.brokers.length);
     const master = handles[ports.brokers.length] as ServiceHandle;
+    let sentinels: ServiceHandle[] = [];
+    if (options.sentinel === true) {
+      try {
+        sentinels = await Promise.all(
+          (ports.sentinels ?? sentinelPortsOf(masterPort)).map((port) =>
+            startSentinel(port, master.address, { masterName: SENTINEL_MASTER_NAME, downAfterMs: 1000 }),
+          ),
+        );
+        await awaitSentinelsKnowEachOther(
+          sentinels.map((s) => s.address),
+          SENTINEL_MASTER_NAME,
+        );
+        log(
+          `sentinels ${sentinels.map((s) => s.address).join(', ')} watch ${master.address} as ${SENTINEL_MASTER_NAME}`,
+        );
+      } catch (error) {
+        await Promise.allSettled([...sentinels, ...handles, replica].map((h) => h.stop()));
+        throw error;
+      }
+    }
     const cluster = new Cluster(
       ports,
       brokerHandles.map((handle, index) => ({ index, address: handle.address, handle, state: 'up' })),
@@ -107,6 +162,7 @@ export class Cluster {
       replica,
       masterFile,
       log,
+      sentinels,
     );
     cluster.writeMasterFile(master.address);
     log(`services up in ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -149,6 +205,35 @@ export class Cluster {
     this.log(`redis ${this.replica.address} back as a replica of ${newMaster.address}`);
   }
 
+  /**
+   * The master crashes (SIGKILL) and the Sentinels promote the replica (nobody else acts); after
+   * `downSeconds` (counted from the promotion) the old master comes back, empty, as a replica of the new one,
+   * and the step ends once its link is up (so that the next failover has a replica to promote).
+   */
+  async sentinelFailover(downSeconds: number, sleep: (ms: number) => Promise<void>): Promise<void> {
+    if (this.sentinels.length === 0) throw new Error('sentinel-failover needs --redis sentinel');
+    const oldMaster = this.master;
+    const newMaster = this.replica;
+    const killedAt = Date.now();
+    await oldMaster.kill();
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const named = await Promise.all(
+        this.sentinels.map((s) => sentinelMaster(s.address, SENTINEL_MASTER_NAME).catch(() => undefined)),
+      );
+      if (named.every((n) => n === newMaster.address)) break;
+      if (Date.now() > deadline)
+        throw new Error(`no Sentinel failover to ${newMaster.address} (${named.join(', ')})`);
+      await sleep(100);
+    }
+    this.master = newMaster;
+    this.log(`redis ${newMaster.address} promoted by the Sentinels after ${Date.now() - killedAt} ms`);
+    await sleep(downSeconds * 1000);
+    const port = Number(oldMaster.address.split(':')[1]);
+    this.replica = await startRedis(port, { replicaOf: newMaster.address });
+    this.log(`redis ${this.replica.address} back as a replica of ${newMaster.address}`);
+  }
+
   /** Brings everything back up (after a failed fault step): resumes paused and restarts stopped services. */
   async heal(): Promise<void> {
     await Promise.all(
@@ -174,6 +259,8 @@ export class Cluster {
    */
   async stop(options: { kill?: boolean } = {}): Promise<void> {
     this.log(options.kill ? 'killing the services' : 'stopping the services');
+    // Sentinels first: they would fail over a master stopped before them.
+    await Promise.allSettled(this.sentinels.map((s) => s.stop()));
     const results = await Promise.allSettled([
       ...this.brokers.map(async (broker) => {
         if (broker.state === 'paused') await broker.handle.resume().catch(() => undefined);

@@ -9,7 +9,15 @@ import { join } from 'node:path';
 import amqp from 'amqplib';
 import { Tally, judge, type Verdict } from './checker.js';
 import { Cluster, DEFAULT_PORTS, type ClusterPorts } from './cluster.js';
-import { FAULTS, describeStep, planStep, runNemesis, type ExecutedFault, type FaultKind } from './nemesis.js';
+import {
+  ALL_FAULTS,
+  describeStep,
+  planStep,
+  runNemesis,
+  type ExecutedFault,
+  type FaultKind,
+  type RedisMode,
+} from './nemesis.js';
 import { Prng } from './prng.js';
 import type { ConsumerSettings, FromWorker, PublisherSettings, SystemSettings } from './protocol.js';
 import { RecordTail, Worker } from './workers.js';
@@ -40,6 +48,12 @@ export interface ChaosOptions {
   readonly handlerDelay?: number;
   readonly concurrency?: number;
   readonly prefetch?: number;
+  /**
+   * Where consumers find the Redis master: `file` (the master file, `redis-promote` rewrites it) or
+   * `sentinel` (three Sentinels, `sentinel://`, `redisWaitReplicas` 1). Default `sentinel` when the faults name
+   * `sentinel-failover`, else `file`. Ignored with `cluster` (its own Sentinels decide).
+   */
+  readonly redis?: RedisMode;
   /** Consumers' `redisStatusKeyExpiryInterval` (default 0, Ruby's default). */
   readonly statusKeyExpiry?: number;
   /** Consumers' `redisCompletedStatusTtl` (default 600, Beetle's default; 0 = Ruby's behaviour). */
@@ -179,7 +193,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
 
   try {
     if (cluster === undefined) {
-      starting = Cluster.start(options.ports ?? DEFAULT_PORTS, join(dir, 'redis-master'), log);
+      starting = Cluster.start(options.ports ?? DEFAULT_PORTS, join(dir, 'redis-master'), log, {
+        sentinel: redisMode(options) === 'sentinel',
+      });
       cluster = await abortable(starting);
     }
     if (!owned) {
@@ -194,6 +210,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       faults: options.faults,
       brokers: services.brokers.length,
       consumers: options.consumers,
+      redis: services.sentinelUrl === undefined ? ('file' as const) : ('sentinel' as const),
     };
     const planned = options.faults !== 'mixed' && options.faults.length === 0 ? 0 : (options.maxFaults ?? 8);
     for (let n = 0; n < planned; n++) {
@@ -203,6 +220,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const system: SystemSettings = {
       servers: services.servers,
       masterFile: services.masterFile,
+      sentinelUrl: services.sentinelUrl,
       queue,
       attempts: options.attempts ?? 3,
       handlerTimeout: options.handlerTimeout ?? 3,
@@ -462,9 +480,24 @@ function validate(options: ChaosOptions): void {
   if (!(options.duration > 0)) throw new Error('chaos: duration must be positive');
   if (options.faults !== 'mixed') {
     for (const fault of options.faults) {
-      if (!(FAULTS as readonly string[]).includes(fault)) throw new Error(`chaos: unknown fault ${fault}`);
+      if (!(ALL_FAULTS as readonly string[]).includes(fault))
+        throw new Error(`chaos: unknown fault ${fault}`);
     }
+    const sentinel = redisMode(options) === 'sentinel';
+    // Two authorities over one pair would fight: the master file's administrator and the Sentinels.
+    if (sentinel && options.faults.includes('redis-promote'))
+      throw new Error(
+        'chaos: redis-promote rewrites the master file; with --redis sentinel use sentinel-failover',
+      );
+    if (!sentinel && options.faults.includes('sentinel-failover'))
+      throw new Error('chaos: sentinel-failover needs --redis sentinel');
   }
+}
+
+/** The run's Redis mode: given, or `sentinel` when the faults name `sentinel-failover`. */
+export function redisMode(options: Pick<ChaosOptions, 'redis' | 'faults'>): RedisMode {
+  if (options.redis !== undefined) return options.redis;
+  return options.faults !== 'mixed' && options.faults.includes('sentinel-failover') ? 'sentinel' : 'file';
 }
 
 /** Removes the run's queue and exchange from every broker (best effort, bounded). */

@@ -5,6 +5,7 @@
 import type { Cluster } from './cluster.js';
 import type { Prng } from './prng.js';
 
+/** The faults `mixed` picks from (with `--redis sentinel`, `sentinel-failover` in place of `redis-promote`). */
 export const FAULTS = [
   'kill-broker',
   'n-1-down',
@@ -14,11 +15,21 @@ export const FAULTS = [
   'broker-pause',
 ] as const;
 
-export type FaultKind = (typeof FAULTS)[number];
+/** Every fault, those that need Sentinels (`--redis sentinel`) included. */
+export const ALL_FAULTS = [...FAULTS, 'sentinel-failover'] as const;
+
+export type FaultKind = (typeof ALL_FAULTS)[number];
 
 export function isFault(name: string): name is FaultKind {
-  return (FAULTS as readonly string[]).includes(name);
+  return (ALL_FAULTS as readonly string[]).includes(name);
 }
+
+/** Where the consumers find the Redis master: the master file, or the Sentinels. */
+export type RedisMode = 'file' | 'sentinel';
+
+/** The `mixed` pool of a mode (same length and order: a seed draws the same steps, Redis's own differ). */
+export const mixedFaults = (redis: RedisMode): readonly FaultKind[] =>
+  redis === 'sentinel' ? FAULTS.map((f) => (f === 'redis-promote' ? 'sentinel-failover' : f)) : FAULTS;
 
 /** One planned fault. */
 export interface FaultStep {
@@ -45,6 +56,8 @@ export interface PlanOptions {
   readonly faults: readonly FaultKind[] | 'mixed';
   readonly brokers: number;
   readonly consumers: number;
+  /** Default `file`. */
+  readonly redis?: RedisMode;
 }
 
 const round = (x: number): number => Math.round(x * 10) / 10;
@@ -52,7 +65,9 @@ const round = (x: number): number => Math.round(x * 10) / 10;
 /** The `n`-th step (0-based); draws from `prng` in a fixed order. */
 export function planStep(prng: Prng, n: number, options: PlanOptions): FaultStep {
   const kind =
-    options.faults === 'mixed' ? prng.pick(FAULTS) : (options.faults[n % options.faults.length] as FaultKind);
+    options.faults === 'mixed'
+      ? prng.pick(mixedFaults(options.redis ?? 'file'))
+      : (options.faults[n % options.faults.length] as FaultKind);
   const gap = round(n === 0 ? prng.float(2, 4) : prng.float(1, 5));
   const brokerIndexes = Array.from({ length: options.brokers }, (_, i) => i);
   switch (kind) {
@@ -69,6 +84,7 @@ export function planStep(prng: Prng, n: number, options: PlanOptions): FaultStep
     case 'redis-stop':
       return { n, kind, gap, targets: [], seconds: round(prng.float(2, 6)) };
     case 'redis-promote':
+    case 'sentinel-failover':
       return { n, kind, gap, targets: [], seconds: round(prng.float(2, 5)) };
     case 'consumer-kill':
       return { n, kind, gap, targets: [prng.int(0, options.consumers - 1)], seconds: 0 };
@@ -99,6 +115,8 @@ export function describeStep(step: FaultStep, cluster: Cluster): string {
       return `SIGSTOP redis master for ${step.seconds}s`;
     case 'redis-promote':
       return `kill -9 redis master, promote the replica, old master back as replica after ${step.seconds}s`;
+    case 'sentinel-failover':
+      return `kill -9 redis master, the Sentinels promote the replica, old master back as replica ${step.seconds}s later`;
     case 'consumer-kill':
       return `SIGKILL consumer #${step.targets[0] ?? 0} inside a handler, start a replacement`;
     case 'broker-pause':
@@ -162,6 +180,9 @@ export async function inject(step: FaultStep, ctx: NemesisContext): Promise<stri
     }
     case 'redis-promote':
       await cluster.promoteReplica(step.seconds, (ms) => ctx.sleep(ms));
+      return describeStep(step, cluster);
+    case 'sentinel-failover':
+      await cluster.sentinelFailover(step.seconds, (ms) => ctx.sleep(ms));
       return describeStep(step, cluster);
     case 'consumer-kill':
       return ctx.killConsumerMidHandler(step.targets[0] ?? 0);

@@ -16,6 +16,11 @@ export interface SystemSettings {
   readonly servers: readonly string[];
   /** Path of the redis master file (one `host:port` line), re-read by the consumers when it changes. */
   readonly masterFile: string;
+  /**
+   * With `--redis sentinel`: `sentinel://…/chaos`, the consumers' `redisServer` instead of the master file,
+   * with `redisWaitReplicas` 1.
+   */
+  readonly sentinelUrl?: string | undefined;
   /** Queue (and exchange, message) name of this run. */
   readonly queue: string;
   /** Handler options: attempts, timeout (s), delay (s). */
@@ -99,7 +104,8 @@ export class RecordFile {
 export function workerConfig(settings: SystemSettings): BeetleConfig {
   return createConfig({
     servers: [...settings.servers],
-    redisServer: settings.masterFile,
+    redisServer: settings.sentinelUrl ?? settings.masterFile,
+    redisWaitReplicas: settings.sentinelUrl === undefined ? 0 : 1,
     redisFailoverTimeout: 30,
     redisConnectTimeout: 2,
     redisReadTimeout: 2,

@@ -90,6 +90,11 @@ describe('defaults', () => {
       rejectRequeueMaxDelay: 10,
       stopTimeout: 30,
       policyUpdatesAllowedQueues: '',
+      redisSentinels: [],
+      redisSentinelMasterName: 'mymaster',
+      redisSentinelPassword: undefined,
+      redisWaitReplicas: 0,
+      redisWaitTimeout: 1,
     });
   });
 
@@ -160,6 +165,11 @@ describe('option table', () => {
       'rejectRequeueMaxDelay',
       'stopTimeout',
       'policyUpdatesAllowedQueues',
+      'redisSentinels',
+      'redisSentinelMasterName',
+      'redisSentinelPassword',
+      'redisWaitReplicas',
+      'redisWaitTimeout',
     ]);
   });
 

@@ -3,8 +3,9 @@ import type { ConnectionOptions } from 'node:tls';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '@beetle/core';
 import { coalesceWrites } from '@beetle/core/kit';
-import { parseRedisAddress } from './master.js';
+import { parseRedisAddress } from './address.js';
 import { SCRIPTS, type ScriptCommands } from './scripts.js';
+import type { SentinelTarget } from './sentinel.js';
 
 /** A client with the store's scripts defined on it. */
 export type ScriptedRedis = Redis & ScriptCommands;
@@ -99,6 +100,27 @@ export interface StoreClientSettings extends Omit<RedisEndpoint, 'host' | 'port'
   readonly logger: Logger;
 }
 
+/** Where a store client connects: one server, or the master the Sentinels name (at every connect). */
+export type StoreTarget = { readonly address: string } | { readonly sentinel: SentinelTarget };
+
+/**
+ * ioredis' own Sentinel support: every connect asks the Sentinels for the master and checks its role (the
+ * ready check's INFO), `failoverDetector` drops the connection when a Sentinel announces `+switch-master`,
+ * and a READONLY reply (a master demoted under us) reconnects without resending: the command's rejection
+ * reaches `RedisConnection`, which sends it again once connected to the new master.
+ */
+const sentinelOptions = (target: SentinelTarget, settings: StoreClientSettings): RedisOptions => ({
+  sentinels: target.sentinels.map(({ host, port }) => ({ host, port })),
+  name: target.masterName,
+  role: 'master',
+  ...(target.password === undefined ? {} : { sentinelPassword: target.password }),
+  sentinelCommandTimeout: settings.readTimeoutMs,
+  sentinelRetryStrategy: (times: number) => Math.min(times * 100, settings.retryIntervalMs),
+  enableTLSForSentinelMode: settings.tls !== undefined,
+  failoverDetector: true,
+  reconnectOnError: (error: Error) => (/^READONLY\b/.test(error.message) ? 1 : false),
+});
+
 /**
  * The store's connection to one server: an ioredis client with the store's scripts that reconnects by
  * itself but neither queues, times out nor resends commands (that is `RedisConnection`'s job, see there),
@@ -108,16 +130,28 @@ export class StoreClient {
   readonly redis: ScriptedRedis;
   /** When the connection last received data (epoch ms), to tell a stalled server from a dead connection. */
   lastDataAt = 0;
+  /** `host:port` of the server the connection reached last (with Sentinel: the master it was told). */
+  connectedAddress: string | undefined;
   private readySignal: Promise<void> | undefined;
   private probing: Promise<boolean> | undefined;
 
   constructor(
-    /** `host:port`. */
-    readonly address: string,
+    readonly target: StoreTarget,
     private readonly settings: StoreClientSettings,
     onError: (error: Error) => void,
   ) {
-    const endpoint = endpointOf(address, settings, { sni: false });
+    const sentinel = 'sentinel' in target ? target.sentinel : undefined;
+    if (sentinel === undefined) this.connectedAddress = (target as { address: string }).address;
+    const endpoint =
+      sentinel === undefined
+        ? endpointOf((target as { address: string }).address, settings, { sni: false })
+        : { ...settings, host: '', port: 0 };
+    const base = commonOptions(endpoint);
+    if (sentinel !== undefined) {
+      // The master's address comes from the Sentinels at each connect.
+      delete base.host;
+      delete base.port;
+    }
     // ioredis 6 would, by default: queue commands while disconnected without bound (`enableOfflineQueue`),
     // resend the commands in flight after a reconnect unmarked (`autoResendUnfulfilledCommands`: a resent
     // claim would find its own first sighting), and with `commandTimeout` give up on a command a stalled
@@ -125,7 +159,8 @@ export class StoreClient {
     // Auto-pipelining is off: the commands of one tick leave in one write anyway (coalesceWrites below), and
     // it costs more per call (a pipeline, and two more promises per command).
     const redis = new Redis({
-      ...commonOptions(endpoint),
+      ...base,
+      ...(sentinel === undefined ? {} : sentinelOptions(sentinel, settings)),
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
       enableAutoPipelining: false,
@@ -145,6 +180,10 @@ export class StoreClient {
     };
     redis.on('connect', () => {
       this.lastDataAt = Date.now();
+      const { remoteAddress, remotePort } = redis.stream;
+      if (sentinel !== undefined && remoteAddress !== undefined && remotePort !== undefined) {
+        this.connectedAddress = `${remoteAddress}:${remotePort}`;
+      }
       redis.stream.on('data', received);
       // Flushed in the check phase (setImmediate), as ioredis' auto-pipelining did: the store's batches,
       // sent at the end of a tick, leave in the same write. The store itself holds back calls that may delete
@@ -153,7 +192,7 @@ export class StoreClient {
     });
     redis.on('error', (error: Error) => {
       onError(error);
-      settings.logger.debug({ err: error, server: address }, 'Redis dedup store: connection error');
+      settings.logger.debug({ err: error, server: this.server }, 'Redis dedup store: connection error');
     });
     this.redis = redis;
   }
@@ -165,8 +204,7 @@ export class StoreClient {
 
   /** `host:port` as the client connects to it (for messages). */
   get server(): string {
-    const { host, port } = this.redis.options;
-    return `${host ?? ''}:${port ?? ''}`;
+    return this.connectedAddress ?? 'the master named by the Sentinels';
   }
 
   /** Resolves at the next 'ready' event: one listener however many calls wait for it. */
@@ -183,12 +221,13 @@ export class StoreClient {
   /** Whether the server answers PING on a fresh connection (one probe at a time). */
   probe(): Promise<boolean> {
     if (this.probing !== undefined) return this.probing;
-    const { host, port } = this.redis.options;
+    if (this.connectedAddress === undefined) return Promise.resolve(false);
+    const { host, port } = parseRedisAddress(this.connectedAddress);
     const { settings } = this;
     const probe = oneShotRedis(
       {
-        host: host ?? '',
-        port: port ?? 0,
+        host,
+        port,
         password: settings.password,
         tls: settings.tls,
         connectTimeoutMs: settings.connectTimeoutMs,

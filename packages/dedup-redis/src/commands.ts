@@ -137,16 +137,18 @@ export const forgetBatch =
     return redis.beetleForget(...args);
   };
 
-/** Batches of a plain command whose reply answers every message in it. */
+/** Batches of a plain command whose reply answers every message in it (`durable`: see `runDurable`). */
 export const commandBatcher = <I>(
   connection: RedisConnection,
   operation: string,
   call: (redis: ScriptedRedis, items: readonly I[]) => Promise<unknown>,
   schedule: Schedule,
+  { durable = false }: { readonly durable?: boolean } = {},
 ): Batcher<I, undefined> =>
   new Batcher(
     async (items) => {
-      await connection.run(operation, call, items);
+      if (durable) await connection.runDurable(operation, call, items);
+      else await connection.run(operation, call, items);
       return new Array<undefined>(items.length).fill(undefined);
     },
     MAX_BATCH,

@@ -4,10 +4,18 @@ import { DeadlineSweeper, errorMessage } from '@beetle/core/kit';
 import { StoreClient, type ScriptedRedis } from './client.js';
 import { fromErrorReply, isRetriableRedisError, RedisUnavailableError } from './errors.js';
 import { isRedisAddress, MasterFile } from './master.js';
+import { ReplicaWait } from './durable.js';
+import { describeSentinels, type SentinelTarget } from './sentinel.js';
 
 export interface RedisConnectionSettings {
-  /** `host:port`, or the path of a Redis master file. */
+  /** `host:port`, or the path of a Redis master file (unused with `sentinel`). */
   readonly redisServer: string;
+  /** The Sentinels that name the master, if they do (then `redisServer` is not looked at). */
+  readonly sentinel: SentinelTarget | undefined;
+  /** Replicas a durable call waits for (`WAIT`); 0: none. */
+  readonly waitReplicas: number;
+  /** Milliseconds one `WAIT` may block (less than `readTimeoutMs`). */
+  readonly waitTimeoutMs: number;
   readonly systemName: string;
   readonly db: number;
   readonly password: string | undefined;
@@ -59,7 +67,7 @@ class ReplyWait<T> {
 }
 
 /** What a call does on the client, with up to two arguments (so that hot callers need no closure). */
-type Call<T, A, B> = (client: ScriptedRedis, a: A, b: B) => Promise<T>;
+export type Call<T, A, B> = (client: ScriptedRedis, a: A, b: B) => Promise<T>;
 
 /** How long a connection must stay silent after a probe of its server answered to count as dead (ms). */
 const PROBE_GRACE_MS = 100;
@@ -95,16 +103,25 @@ export class RedisConnection {
   private readonly wakeups = new Set<() => void>();
   /** Calls waiting for their replies until their read timeout (or the failover deadline). */
   private readonly waiting: DeadlineSweeper<ReplyWait<unknown>>;
+  /** The replicas durable calls wait for (`waitReplicas` > 0). */
+  private readonly durable: ReplicaWait | undefined;
 
   constructor(private readonly settings: RedisConnectionSettings) {
-    this.masterFile = isRedisAddress(settings.redisServer)
-      ? undefined
-      : new MasterFile(
-          settings.redisServer,
-          settings.systemName,
-          settings.masterFileCheckIntervalMs,
-          (master) => this.switchTo(master),
-        );
+    this.masterFile =
+      settings.sentinel !== undefined || isRedisAddress(settings.redisServer)
+        ? undefined
+        : new MasterFile(
+            settings.redisServer,
+            settings.systemName,
+            settings.masterFileCheckIntervalMs,
+            (master) => this.switchTo(master),
+          );
+    this.durable =
+      settings.waitReplicas > 0
+        ? new ReplicaWait(settings.waitReplicas, settings.waitTimeoutMs, settings.logger, () =>
+            this.describeServer(),
+          )
+        : undefined;
     this.waiting = new DeadlineSweeper({
       periodMs: Math.max(10, Math.min(SWEEP_INTERVAL_MS, settings.readTimeoutMs / 4)),
       onExpired: (wait) => wait.interrupt(TIMED_OUT),
@@ -115,7 +132,19 @@ export class RedisConnection {
 
   /** The `host:port` currently connected to (or being connected to), if any. */
   get currentAddress(): string | undefined {
-    return this.address;
+    return this.settings.sentinel === undefined ? this.address : this.client?.connectedAddress;
+  }
+
+  /**
+   * `run`, for a call whose effect the caller acts on (a claim runs a handler, a completion lets the broker
+   * ack go out): with `waitReplicas` > 0 the reply is only given once that many replicas have the write
+   * (`WAIT`), so a failover to one of them cannot forget it. A shortfall is retried like an outage. Only for
+   * calls that are harmless to resend (idempotent, or answered from a reply key).
+   */
+  runDurable<T, A, B = undefined>(operation: string, call: Call<T, A, B>, a: A, b?: B): Promise<T> {
+    const durable = this.durable;
+    if (durable === undefined) return this.run(operation, call, a, b);
+    return this.run(operation, (client) => durable.run(client, call, a, b as B));
   }
 
   /**
@@ -230,7 +259,7 @@ export class RedisConnection {
           (await this.silentAfterProbe(client, lastData))
         ) {
           this.settings.logger.warn(
-            { server: this.address },
+            { server: this.describeServer() },
             'Redis dedup store: connection silent while the server answers; reconnecting',
           );
           client.redis.stream.destroy(); // not end(): a dead peer would never complete the close
@@ -281,6 +310,10 @@ export class RedisConnection {
   }
 
   private describeServer(): string {
+    const { sentinel } = this.settings;
+    if (sentinel !== undefined) {
+      return `${this.client?.connectedAddress ?? 'no master yet'} via ${describeSentinels(sentinel)}`;
+    }
     const at = this.address ?? 'no master';
     return this.masterFile === undefined ? at : `${at} from ${this.masterFile.path}`;
   }
@@ -309,7 +342,7 @@ export class RedisConnection {
     this.assertOpen();
     if (statusOf(client) === 'ready' && client === this.client) return client;
     throw new RedisUnavailableError(
-      `Redis ${this.address ?? '(no master)'} is not connected (${client.status})` +
+      `Redis ${this.describeServer()} is not connected (${client.status})` +
         (this.lastClientError ? `: ${this.lastClientError.message}` : ''),
       { cause: this.lastClientError },
     );
@@ -332,12 +365,15 @@ export class RedisConnection {
     this.wakeAll();
   }
 
+  /** A client of `address`, or with Sentinel of the master the Sentinels name (`address` is not used). */
   private connect(address: string): StoreClient {
-    const client = new StoreClient(address, this.settings, (error) => {
+    const { sentinel } = this.settings;
+    const target = sentinel === undefined ? { address } : { sentinel };
+    const client = new StoreClient(target, this.settings, (error) => {
       this.lastClientError = error;
     });
     this.client = client;
-    this.address = address;
+    this.address = sentinel === undefined ? address : undefined;
     return client;
   }
 

@@ -10,6 +10,16 @@ export {
   ScanInterruptedError,
 } from './errors.js';
 
+// Redis Sentinel.
+export {
+  askSentinels,
+  isSentinelUrl,
+  parseSentinelUrl,
+  sentinelTarget,
+  type SentinelSettings,
+  type SentinelTarget,
+} from './sentinel.js';
+
 // The redis master file.
 export {
   isRedisAddress,

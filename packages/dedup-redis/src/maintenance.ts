@@ -43,7 +43,8 @@ export type RedisMaintenanceConfig = Pick<
   | 'redisConnectTimeout'
   | 'redisReadTimeout'
   | 'redisFailoverTimeout'
->;
+> &
+  Partial<Pick<BeetleConfig, 'redisSentinels' | 'redisSentinelMasterName' | 'redisSentinelPassword'>>;
 
 function describe(value: RedisReply): string {
   if (value instanceof RedisReplyError) return `error ${value.message}`;
@@ -341,6 +342,10 @@ export class RedisMaintenanceClient {
   }
 
   private translate(error: unknown): Error {
+    // A master demoted under the run (a Sentinel failover): start over on the new one.
+    if (isErrorReply(error) && /^READONLY\b/.test(errorMessage(error))) {
+      return new RedisUnavailableError(`${this.address}: ${errorMessage(error)}`, { cause: error });
+    }
     if (isErrorReply(error)) return new RedisReplyError(errorMessage(error), { cause: error });
     if (error instanceof RedisUnavailableError || error instanceof RedisReplyError) return error;
     return new RedisUnavailableError(`${this.address}: ${errorMessage(error)}`, { cause: error });

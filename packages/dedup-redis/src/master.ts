@@ -1,20 +1,11 @@
 import { readFile, stat } from 'node:fs/promises';
 import { NoRedisMasterError } from '@beetle/core';
 import { errorMessage } from '@beetle/core/kit';
+import { isRedisAddress } from './address.js';
 import { MasterChangedError, RedisUnavailableError } from './errors.js';
+import { askSentinels, sentinelTarget, type SentinelTarget } from './sentinel.js';
 
-/** Ruby's test for a literal `host:port` in `redis_server` (anything else is the path of a master file). */
-export const REDIS_ADDRESS_PATTERN = /^\S+:\d+$/;
-
-export const isRedisAddress = (value: string): boolean => REDIS_ADDRESS_PATTERN.test(value);
-
-/** Splits `host:port` at the last colon (so `[::1]:6379` and `::1:6379` keep their host). */
-export function parseRedisAddress(address: string): { host: string; port: number } {
-  const at = address.lastIndexOf(':');
-  let host = address.slice(0, at);
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return { host, port: Number.parseInt(address.slice(at + 1), 10) };
-}
+export { isRedisAddress, parseRedisAddress, REDIS_ADDRESS_PATTERN } from './address.js';
 
 /**
  * The master of `systemName` named by the content of a Redis master file (Ruby `extract_redis_master`,
@@ -37,18 +28,37 @@ export function parseRedisMasterFile(content: string, systemName: string): strin
   return master === '' ? undefined : master;
 }
 
-/** Where the Redis master is found: `redisServer` is `host:port` or the path of a master file. */
+/**
+ * Where the Redis master is found: `redisServer` is `host:port`, the path of a master file, or a
+ * `sentinel://` URL; or `redisSentinels` name the Sentinels that know it (they win over `redisServer`).
+ */
 export interface RedisMasterSettings {
   readonly redisServer: string;
   /** Which line of the master file applies. */
   readonly systemName: string;
+  readonly redisSentinels?: string | readonly string[] | undefined;
+  readonly redisSentinelMasterName?: string | undefined;
+  readonly redisSentinelPassword?: string | undefined;
+  /** Seconds to connect to a Sentinel. Default 5. */
+  readonly redisConnectTimeout?: number;
+  /** Seconds a Sentinel may take to answer. Default 5. */
+  readonly redisReadTimeout?: number;
 }
 
+const askSentinelsOf = (target: SentinelTarget, settings: RedisMasterSettings): Promise<string> =>
+  askSentinels(target, {
+    connectTimeoutMs: (settings.redisConnectTimeout ?? 5) * 1000,
+    commandTimeoutMs: (settings.redisReadTimeout ?? 5) * 1000,
+  });
+
 /**
- * The current master, read once: `redisServer` itself when it is `host:port`, else the line of the master
- * file for `systemName`. Rejects with `NoRedisMasterError` when there is none (the maintenance tools).
+ * The current master, read once: `redisServer` itself when it is `host:port`, the master the Sentinels name,
+ * else the line of the master file for `systemName`. Rejects with `NoRedisMasterError` when there is none
+ * (the maintenance tools).
  */
 export async function resolveRedisMaster(settings: RedisMasterSettings): Promise<string> {
+  const sentinel = sentinelTarget(settings);
+  if (sentinel !== undefined) return askSentinelsOf(sentinel, settings);
   const server = settings.redisServer.trim();
   if (isRedisAddress(server)) return server;
   let content: string;
@@ -157,30 +167,48 @@ export class MasterFile {
   }
 }
 
+/** How often a maintenance run asks the Sentinels whether the master is still the same (ms). */
+const SENTINEL_CHECK_INTERVAL_MS = 1000;
+
 /**
- * The master a maintenance run works on, and whether the master file (if `redisServer` is one) still names
- * it: looked at at most once per second, a file that cannot be read or names none is ignored (the run keeps
- * going where it is).
+ * The master a maintenance run works on, and whether the master file (if `redisServer` is one) or the
+ * Sentinels still name it: looked at or asked at most once per second; a file that cannot be read or names
+ * none, or Sentinels that do not answer, are ignored (the run keeps going where it is).
  */
 export class MasterWatcher {
+  private lastAsked = Date.now();
+
   private constructor(
     private readonly file: MasterFile | undefined,
+    private readonly sentinels: (() => Promise<string>) | undefined,
     /** `host:port` of the master. */
     public master: string,
   ) {}
 
   static async create(settings: RedisMasterSettings): Promise<MasterWatcher> {
+    const sentinel = sentinelTarget(settings);
+    if (sentinel !== undefined) {
+      const ask = (): Promise<string> => askSentinelsOf(sentinel, settings);
+      return new MasterWatcher(undefined, ask, await ask());
+    }
     const master = await resolveRedisMaster(settings);
     const server = settings.redisServer.trim();
     const file = isRedisAddress(server) ? undefined : new MasterFile(server, settings.systemName, 1000);
-    return new MasterWatcher(file, master);
+    return new MasterWatcher(file, undefined, master);
   }
 
-  /** Rejects with `MasterChangedError` when the file names another master now. */
+  /** Rejects with `MasterChangedError` when the file (or the Sentinels) name another master now. */
   async check(): Promise<void> {
-    if (this.file === undefined) return;
-    await this.file.refresh().catch(() => undefined);
-    const named = this.file.master;
+    let named: string | undefined;
+    if (this.sentinels !== undefined) {
+      if (Date.now() - this.lastAsked < SENTINEL_CHECK_INTERVAL_MS) return;
+      this.lastAsked = Date.now();
+      named = await this.sentinels().catch(() => undefined);
+    } else {
+      if (this.file === undefined) return;
+      await this.file.refresh().catch(() => undefined);
+      named = this.file.master;
+    }
     if (named !== undefined && named !== this.master) {
       const old = this.master;
       this.master = named;

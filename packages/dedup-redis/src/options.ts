@@ -3,11 +3,35 @@ import { ConfigurationError, silentLogger, type BeetleConfig, type Logger } from
 import type { AckFlush } from '@beetle/core/kit';
 import { redisTlsOptions } from './client.js';
 import type { RedisConnectionSettings } from './connection.js';
+import { sentinelTarget } from './sentinel.js';
 
 /** Options of {@link RedisDedupStore}. Durations are in seconds, like Ruby Beetle's configuration. */
 export interface RedisDedupStoreOptions {
-  /** `host:port`, or the path of a Redis master file (reference §4.8). Default `localhost:6379`. */
+  /**
+   * `host:port`, the path of a Redis master file (reference §4.8), or Redis Sentinel:
+   * `sentinel://host1:26379,host2:26379/<master name>`. Default `localhost:6379`.
+   */
   readonly redisServer?: string;
+  /**
+   * Redis Sentinels (`host:port`, an array or one comma-separated string) that name the master; when set they
+   * win over `redisServer` (which can stay a master file for Ruby consumers sharing the configuration).
+   */
+  readonly sentinels?: string | readonly string[];
+  /** The master's name at the Sentinels (with `sentinels`). Default `mymaster`. */
+  readonly sentinelMasterName?: string;
+  /** AUTH password of the Sentinels (not of Redis). */
+  readonly sentinelPassword?: string | undefined;
+  /**
+   * Replicas that must have a claim, mutex, completion or failure count before the store answers (Redis
+   * `WAIT`), so that a failover cannot forget what a handler run or a broker ack was based on. 0 (default):
+   * the master's reply suffices. See the README ("Writes a failover can lose").
+   */
+  readonly waitReplicas?: number;
+  /**
+   * Seconds one `WAIT` may take (less than `readTimeout`); when fewer replicas confirmed, the call is retried
+   * like an outage, until `failoverTimeout`. Default 1.
+   */
+  readonly waitTimeout?: number;
   /** Which line of the master file applies. Default `system`. */
   readonly systemName?: string;
   /** Database of the dedup store. Default 4. */
@@ -69,6 +93,11 @@ export type RedisDedupStoreConfig = Partial<
     | 'redisFailoverTimeout'
     | 'redisStatusKeyExpiryInterval'
     | 'redisCompletedStatusTtl'
+    | 'redisSentinels'
+    | 'redisSentinelMasterName'
+    | 'redisSentinelPassword'
+    | 'redisWaitReplicas'
+    | 'redisWaitTimeout'
   >
 >;
 
@@ -118,12 +147,36 @@ export function storeSettings(options: RedisDedupStoreOptions): {
   const connectTimeout = seconds('connectTimeout', options.connectTimeout, 5);
   const readTimeout = seconds('readTimeout', options.readTimeout, 5);
   const failoverTimeout = seconds('failoverTimeout', options.failoverTimeout, 180);
+  const sentinel = sentinelTarget({
+    redisServer,
+    redisSentinels: options.sentinels,
+    redisSentinelMasterName: options.sentinelMasterName,
+    redisSentinelPassword: options.sentinelPassword,
+  });
+  const waitReplicas = options.waitReplicas ?? 0;
+  if (!Number.isInteger(waitReplicas) || waitReplicas < 0) {
+    throw new ConfigurationError(`waitReplicas must be a non-negative integer, got ${String(waitReplicas)}`, {
+      key: 'waitReplicas',
+    });
+  }
+  const waitTimeout = seconds('waitTimeout', options.waitTimeout, 1);
+  // A WAIT longer than the read timeout would count as a stall (and its connection probed and dropped).
+  if (waitReplicas > 0 && (waitTimeout <= 0 || waitTimeout >= readTimeout)) {
+    throw new ConfigurationError(
+      `waitTimeout must be more than 0 and less than readTimeout (${readTimeout}s), got ${waitTimeout}`,
+      { key: 'waitTimeout' },
+    );
+  }
   return {
     statusKeyExpiryInterval: interval,
     completedStatusTtl,
     failoverTimeout,
     connection: {
       redisServer,
+      sentinel,
+      waitReplicas,
+      // WAIT takes whole milliseconds.
+      waitTimeoutMs: Math.max(1, Math.round(waitTimeout * 1000)),
       systemName: options.systemName ?? 'system',
       db,
       password: options.password === '' ? undefined : options.password,
@@ -154,6 +207,11 @@ export const optionsFromConfig = (
   failoverTimeout: config.redisFailoverTimeout,
   statusKeyExpiryInterval: config.redisStatusKeyExpiryInterval,
   completedStatusTtl: config.redisCompletedStatusTtl,
+  sentinels: config.redisSentinels,
+  sentinelMasterName: config.redisSentinelMasterName,
+  sentinelPassword: config.redisSentinelPassword ?? undefined,
+  waitReplicas: config.redisWaitReplicas,
+  waitTimeout: config.redisWaitTimeout,
   logger: extra.logger,
   ackFlush: extra.ackFlush,
 });

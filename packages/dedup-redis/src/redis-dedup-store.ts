@@ -116,7 +116,7 @@ export class RedisDedupStore implements DedupStore {
         const key = replies.next();
         let reply: unknown;
         try {
-          reply = await connection.run('claim', sendClaim, claimCall(replies, key, items));
+          reply = await connection.runDurable('claim', sendClaim, claimCall(replies, key, items));
         } finally {
           replies.done(key);
         }
@@ -126,7 +126,7 @@ export class RedisDedupStore implements DedupStore {
       MAX_BATCH,
       thisTick,
     );
-    this.completions = commandBatcher(connection, 'complete', completeBatch, thisTick);
+    this.completions = commandBatcher(connection, 'complete', completeBatch, thisTick, { durable: true });
     this.ackFlush = options.ackFlush ?? amqplibAckFlush;
     // Ruby's plain DEL when nothing outlives the cleanup, else the forget script (same single round trip).
     const keepsStatus = settings.statusKeyExpiryInterval > 0 || settings.completedStatusTtl > 0;
@@ -156,7 +156,9 @@ export class RedisDedupStore implements DedupStore {
   async markCompletedIfNew(ref: MessageRef): Promise<boolean> {
     const interval = this.statusKeyExpiryInterval;
     if (interval <= 0) return true;
-    const reply = await this.runOnce('markCompletedIfNew', 'beetleMarkCompleted', ref, [String(interval)]);
+    const reply = await this.runOnce('markCompletedIfNew', 'beetleMarkCompleted', ref, [String(interval)], {
+      durable: true,
+    });
     if (reply !== 0 && reply !== 1) throw unexpected('markCompletedIfNew', reply);
     return reply === 1;
   }
@@ -166,11 +168,13 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async acquire(ref: MessageRef, params: AcquireParams): Promise<AcquireResult> {
-    const reply = await this.runOnce('acquire', 'beetleAcquire', ref, [
-      String(params.now),
-      timeoutArg(params.timeoutAt, params.timeout),
-      String(params.staleAfter),
-    ]);
+    const reply = await this.runOnce(
+      'acquire',
+      'beetleAcquire',
+      ref,
+      [String(params.now), timeoutArg(params.timeoutAt, params.timeout), String(params.staleAfter)],
+      { durable: true },
+    );
     if (typeof reply !== 'number') throw unexpected('acquire', reply);
     return reply > 0 ? { acquired: true, attempts: reply } : { acquired: false };
   }
@@ -182,15 +186,21 @@ export class RedisDedupStore implements DedupStore {
   }
 
   async fail(ref: MessageRef, params: FailParams): Promise<FailResult> {
-    const reply = await this.runOnce('fail', 'beetleFail', ref, [
-      String(params.attemptsLimit),
-      String(params.exceptionsLimit),
-      params.accepted ? '1' : '0',
-      params.storeClock === true ? '' : String(params.now),
-      String(params.delay),
-      params.maxDelay === undefined ? '' : String(params.maxDelay),
-      params.expiresAt === undefined ? '' : String(params.expiresAt),
-    ]);
+    const reply = await this.runOnce(
+      'fail',
+      'beetleFail',
+      ref,
+      [
+        String(params.attemptsLimit),
+        String(params.exceptionsLimit),
+        params.accepted ? '1' : '0',
+        params.storeClock === true ? '' : String(params.now),
+        String(params.delay),
+        params.maxDelay === undefined ? '' : String(params.maxDelay),
+        params.expiresAt === undefined ? '' : String(params.expiresAt),
+      ],
+      { durable: true },
+    );
     return failResult(reply);
   }
 
@@ -299,19 +309,23 @@ export class RedisDedupStore implements DedupStore {
 
   /**
    * A script call that must not act twice: it gets a reply key of its own, and every resend of it the same
-   * arguments, so that a resend after a lost reply gets the stored reply of the run that happened.
+   * arguments, so that a resend after a lost reply gets the stored reply of the run that happened. `durable`:
+   * its effect is what the caller acts on (see `RedisConnection.runDurable`).
    */
   private async runOnce(
     operation: string,
     script: ScriptName,
     ref: MessageRef,
     args: readonly string[],
+    { durable = false }: { readonly durable?: boolean } = {},
   ): Promise<unknown> {
     const key = this.replies.next();
     const call = this.replies.call([msgId(ref)], key, args);
     let reply: unknown;
     try {
-      reply = await this.connection.run(operation, sendScript, script, call);
+      reply = durable
+        ? await this.connection.runDurable(operation, sendScript, script, call)
+        : await this.connection.run(operation, sendScript, script, call);
     } catch (error) {
       this.replies.done(key);
       throw error;

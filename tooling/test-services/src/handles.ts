@@ -38,7 +38,7 @@ function sharedPorts(): Set<number> {
   return ports;
 }
 
-function checkDisposablePort(kind: string, port: number): void {
+export function checkDisposablePort(kind: string, port: number): void {
   if (!Number.isInteger(port) || port < 1024 || port > 65535) {
     throw new Error(`${kind}: invalid port ${port}`);
   }
@@ -73,9 +73,13 @@ function isAlive(pid: number): boolean {
   }
 }
 
-function makeHandle(kind: 'broker' | 'redis', port: number, startArgs: readonly string[]): ServiceHandle {
+export function makeHandle(
+  kind: 'broker' | 'redis' | 'sentinel',
+  port: number,
+  startArgs: readonly string[],
+): ServiceHandle {
   const address = `127.0.0.1:${port}`;
-  const label = `${kind === 'broker' ? 'rabbitmq' : 'redis'} ${address}`;
+  const label = `${kind === 'broker' ? 'rabbitmq' : kind} ${address}`;
 
   const pid = async (): Promise<number> => {
     const { stdout } = await runServicesScript([`pid-${kind}`, String(port)], QUICK_TIMEOUT_MS);

@@ -15,6 +15,13 @@ import { parseAddress, probeAmqp, probeRedis } from './probe.js';
 export { startBroker, startRedis, type ServiceHandle, type TlsListener } from './handles.js';
 export { createTlsFiles, type TlsFileOptions, type TlsFiles } from './tls.js';
 export {
+  awaitSentinelsKnowEachOther,
+  sentinelMaster,
+  startSentinel,
+  startSentinelGroup,
+  type SentinelGroup,
+} from './sentinel.js';
+export {
   AMQP_PROTOCOL_HEADER,
   exchange,
   freePort,

@@ -76,6 +76,22 @@ export interface BeetleConfig {
    * behaviour). The effective TTL is at least `redisStatusKeyExpiryInterval`.
    */
   readonly redisCompletedStatusTtl: number;
+  /**
+   * TS-only. Redis Sentinels (`host:port`) to ask for the master of `redisSentinelMasterName`; when set they
+   * win over `redisServer` (which can then stay a master file for Ruby consumers sharing the configuration).
+   */
+  readonly redisSentinels: string[];
+  /** TS-only. Name of the master the Sentinels monitor. */
+  readonly redisSentinelMasterName: string;
+  /** TS-only. AUTH password of the Sentinels (not of Redis). */
+  readonly redisSentinelPassword: string | undefined;
+  /**
+   * TS-only. Replicas that must have the writes a message's processing depends on (claim, mutex, completion,
+   * failure count) before the store answers (Redis `WAIT`); 0: answer at the master's reply.
+   */
+  readonly redisWaitReplicas: number;
+  /** TS-only. Seconds one `WAIT` may take; a shortfall is retried like an outage, until `redisFailoverTimeout`. */
+  readonly redisWaitTimeout: number;
   /** Kept for the Go daemons sharing the file. */
   readonly redisConfigurationMasterRetries: number;
   /** Seconds; kept for the Go daemons sharing the file. */
@@ -166,9 +182,12 @@ export interface BeetleConfig {
 export type OptionName = keyof BeetleConfig;
 
 /** What `createConfig` accepts: any subset of the options; server lists also as comma-separated strings. */
-export type BeetleConfigInput = Partial<Omit<BeetleConfig, 'servers' | 'additionalSubscriptionServers'>> & {
+export type BeetleConfigInput = Partial<
+  Omit<BeetleConfig, 'servers' | 'additionalSubscriptionServers' | 'redisSentinels'>
+> & {
   servers?: string | readonly string[];
   additionalSubscriptionServers?: string | readonly string[];
+  redisSentinels?: string | readonly string[];
 };
 
 export type OptionType =
@@ -274,7 +293,10 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     ),
     unit: 'seconds',
   },
-  redisServer: str('localhost:6379', '`host:port` of the dedup store, or the path of the redis master file'),
+  redisServer: str(
+    'localhost:6379',
+    '`host:port` of the dedup store, the path of the redis master file, or `sentinel://host:port,…/<master>`',
+  ),
   redisServers: anyStr('unused by the library; kept for the Go daemons sharing the file'),
   redisDb: int(4, 0, undefined, 'Redis database of the dedup store'),
   redisConnectTimeout: secs(5, 'Redis connect timeout'),
@@ -411,6 +433,31 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     ...anyStr(
       'queues the policy update worker accepts besides those of its topology: comma-separated names, `prefix*`, or `*` for all',
     ),
+    tsOnly: true,
+  },
+  redisSentinels: {
+    type: 'serverList',
+    default: [],
+    description:
+      'Redis Sentinels (comma-separated `host:port`) asked for the master; win over `redis_server` when set',
+    tsOnly: true,
+  },
+  redisSentinelMasterName: {
+    ...str('mymaster', 'name of the master the Redis Sentinels monitor'),
+    tsOnly: true,
+  },
+  redisSentinelPassword: { ...optStr('AUTH password of the Redis Sentinels'), tsOnly: true },
+  redisWaitReplicas: {
+    ...int(
+      0,
+      0,
+      undefined,
+      'replicas that must confirm the claim, mutex, completion and failure writes before the store answers (Redis `WAIT`; 0 = off)',
+    ),
+    tsOnly: true,
+  },
+  redisWaitTimeout: {
+    ...secs(1, 'how long one Redis `WAIT` may take; a shortfall is retried until `redis_failover_timeout`'),
     tsOnly: true,
   },
 };
