@@ -70,7 +70,11 @@ describe('liveness and readiness rules', () => {
   });
 });
 
-const waitFor = async (what: string, predicate: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> => {
+const waitFor = async (
+  what: string,
+  predicate: () => Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> => {
   const deadline = Date.now() + timeoutMs;
   while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
