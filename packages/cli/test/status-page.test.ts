@@ -115,7 +115,8 @@ describe('beetle status --serve in headless Chromium', () => {
     for (const server of servers) {
       await expect.poll(() => broker(server).getAttribute('data-state'), { timeout: 10_000 }).toBe('up');
       expect(await broker(server).locator('h3').innerText()).toBe(`${server} up`);
-      expect(await depth(server, queue).innerText()).toBe('3');
+      // The management API's counts lag behind by its statistics interval (5 s by default): the page catches up.
+      await expect.poll(() => depth(server, queue).innerText(), { timeout: 15_000 }).toBe('3');
       expect(await depth(server, `${queue}_dead_letter`).innerText()).toBe('0');
       const deadRow = broker(server).locator(`[data-testid=queue][data-queue="${queue}_dead_letter"] td`);
       expect(await deadRow.first().innerText()).toBe(`${queue}_dead_letter (dead letters of ${queue})`);
