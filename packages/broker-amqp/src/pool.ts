@@ -33,7 +33,7 @@ export function brokerOptions(
  */
 export class BrokerPool implements PublisherPool {
   private readonly connections = new Map<string, BrokerConnection>();
-  private closed = false;
+  private isClosed = false;
 
   constructor(
     readonly config: BeetleConfig,
@@ -41,13 +41,18 @@ export class BrokerPool implements PublisherPool {
   ) {}
 
   get(server: string): BrokerConnection {
-    if (this.closed) throw new ClosedError('broker pool is closed');
+    if (this.isClosed) throw new ClosedError('broker pool is closed');
     let connection = this.connections.get(server);
     if (!connection) {
       connection = new BrokerConnection(brokerOptions(this.config, server, this.logger));
       this.connections.set(server, connection);
     }
     return connection;
+  }
+
+  /** Whether `close` was called. */
+  get closed(): boolean {
+    return this.isClosed;
   }
 
   /** The connections created so far. */
@@ -57,7 +62,7 @@ export class BrokerPool implements PublisherPool {
 
   /** Closes every connection (each bounded by its operation timeout). Idempotent. */
   async close(): Promise<void> {
-    this.closed = true;
+    this.isClosed = true;
     const connections = [...this.connections.values()];
     this.connections.clear();
     await Promise.all(connections.map((c) => c.close()));

@@ -157,4 +157,6 @@ export interface PublisherConnection {
 /** Connections per broker (`host:port`) as the publisher needs them; `BrokerPool` implements it. */
 export interface PublisherPool {
   get(server: string): PublisherConnection;
+  /** Whether the pool is closed (`get` then throws); optional for pools of one's own. */
+  readonly closed?: boolean;
 }

@@ -99,6 +99,8 @@ describe('gc', () => {
 
     const stored = JSON.parse((await db0.get('beetle:lastgc')) ?? 'null') as Record<string, unknown>;
     expect(stored['timestamp']).toBeGreaterThanOrEqual(before);
+    // The run's totals, next to Go's schema (what `beetle status` shows as the last gc).
+    expect(stored).toMatchObject({ messages: 4, expired: 1, orphans: 2, databases: [DB] });
     expect(stored['queues']).toEqual([
       {
         queue: q1,

@@ -1,5 +1,6 @@
 import { BrokerPool } from '@beetle/broker-amqp';
 import {
+  BeetleError,
   createConfig,
   silentLogger,
   Topology,
@@ -15,7 +16,7 @@ import {
   type Payload,
   type QueueOptions,
 } from '@beetle/core';
-import { amqplibAckFlush, errorMessage } from '@beetle/core/kit';
+import { amqplibAckFlush, errorMessage, withTimeout } from '@beetle/core/kit';
 import { RedisDedupStore } from '@beetle/dedup-redis';
 import { Publisher, type BrokerSetupReport, type PublishOptions } from '@beetle/publisher';
 import {
@@ -26,6 +27,17 @@ import {
   type StopResult,
 } from '@beetle/subscriber';
 import { applyDeclarations, type Declarations } from './declarations.js';
+import {
+  EventLoopDelay,
+  liveness,
+  readiness,
+  type ClientHealth,
+  type HealthOptions,
+  type LivenessOptions,
+  type ProbeResult,
+  type PublishingHealth,
+  type StoreHealth,
+} from './probes.js';
 import { shortHostname, startTrace, type TraceHandle, type Tracer } from './trace.js';
 
 export interface ClientOptions<M extends MessageMap = MessageMap> {
@@ -41,21 +53,6 @@ export interface ClientOptions<M extends MessageMap = MessageMap> {
   readonly logger?: Logger;
   /** Observes publishes and deliveries (tracing, metrics: `@beetle/telemetry`). */
   readonly telemetry?: Telemetry;
-}
-
-export interface StoreHealth {
-  readonly ok: boolean;
-  readonly error?: string;
-}
-
-export interface ClientHealth {
-  /** No publisher connection recorded a background error recently (Ruby `publisher_healthy?`). */
-  readonly publisherHealthy: boolean;
-  readonly liveServers: readonly string[];
-  readonly deadServers: readonly string[];
-  readonly subscriber: readonly BrokerStatus[];
-  /** The store's `ping` (undefined: no store yet, or a store without a health check). */
-  readonly store: StoreHealth | undefined;
 }
 
 /**
@@ -75,6 +72,12 @@ export class Client<M extends MessageMap = MessageMap> {
   private readonly handlers: { queues: string[]; handler: Handler; options: HandlerOptions }[] = [];
   private readonly traces = new Set<TraceHandle>();
   private readonly telemetry: Telemetry | undefined;
+  private stopped = false;
+  private readonly eventLoop = new EventLoopDelay();
+  /** The ping in flight: probes during a Redis outage share it instead of piling up pings. */
+  private storePing: Promise<void> | undefined;
+  /** The store's health at the last check (what `liveness()` knows without asking Redis). */
+  private lastStore: StoreHealth | undefined;
 
   constructor(options: ClientOptions<M> = {}) {
     this.config = createConfig(options.config);
@@ -232,27 +235,95 @@ export class Client<M extends MessageMap = MessageMap> {
   // --- lifecycle ----------------------------------------------------------------------------------
 
   /**
-   * Publisher and subscriber state, and the store's health check (`DedupStore.ping`) when the client has a
-   * store with one (none before the first `listen`, unless one was given).
+   * Publisher and subscriber state, the store's health check (`DedupStore.ping`) when the client has a store
+   * with one (none before the first `listen`, unless one was given), and whether each broker accepts
+   * publishes (see `HealthOptions.publishing`). Each check waits at most `timeout` seconds (default 1).
    */
-  async health(): Promise<ClientHealth> {
-    let store: StoreHealth | undefined;
-    const storeInstance = this.storeInstance;
-    if (storeInstance?.ping !== undefined) {
-      try {
-        await storeInstance.ping();
-        store = { ok: true };
-      } catch (error) {
-        store = { ok: false, error: errorMessage(error) };
-      }
-    }
+  async health(options: HealthOptions = {}): Promise<ClientHealth> {
+    const timeoutMs = (options.timeout ?? 1) * 1000;
+    const checkPublishing = !this.stopped && (options.publishing ?? this.publisherInstance !== undefined);
+    const [store, publishing] = await Promise.all([
+      this.storeHealth(timeoutMs),
+      checkPublishing ? this.publishingHealth(timeoutMs) : undefined,
+    ]);
+    const subscriber = this.subscriberInstance?.status() ?? [];
+    const listening = (this.subscriberInstance?.listening() ?? []).map(({ queue, paused }) => ({
+      queue,
+      paused,
+      consumingOn: subscriber.filter((b) => b.consuming.includes(queue)).map((b) => b.server),
+    }));
     return {
+      stopped: this.stopped,
       publisherHealthy: this.publisherInstance?.publisherHealthy() ?? true,
       liveServers: this.publisherInstance?.liveServers() ?? [...this.config.servers],
       deadServers: this.publisherInstance?.deadServers() ?? [],
-      subscriber: this.subscriberInstance?.status() ?? [],
+      publishing,
+      subscriber,
+      listening,
       store,
+      eventLoopDelayMs: this.eventLoop.read(),
     };
+  }
+
+  /**
+   * Kubernetes `/livez` (see `liveness`): from the process' own state only — no broker or Redis round trip,
+   * so it answers at once even while Redis is down.
+   */
+  liveness(options: LivenessOptions = {}): ProbeResult {
+    return liveness(
+      { stopped: this.stopped, store: this.lastStore, eventLoopDelayMs: this.eventLoop.read() },
+      options,
+    );
+  }
+
+  /** Kubernetes `/readyz` (see `readiness`): a `health` check, judged. */
+  async readiness(options: HealthOptions = {}): Promise<ProbeResult> {
+    return readiness(await this.health(options));
+  }
+
+  private async storeHealth(timeoutMs: number): Promise<StoreHealth | undefined> {
+    const store = this.storeInstance;
+    if (store?.ping === undefined) return undefined;
+    this.storePing ??= store.ping().finally(() => {
+      this.storePing = undefined;
+    });
+    let health: StoreHealth;
+    try {
+      await withTimeout(
+        this.storePing,
+        timeoutMs,
+        () => new BeetleError('timeout', `no answer within ${timeoutMs} ms`),
+      );
+      health = { ok: true };
+    } catch (error) {
+      health = {
+        ok: false,
+        error: errorMessage(error),
+        ...(error instanceof BeetleError ? { reason: error.reason } : {}),
+      };
+    }
+    this.lastStore = health;
+    return health;
+  }
+
+  private publishingHealth(timeoutMs: number): Promise<PublishingHealth[]> {
+    return Promise.all(
+      this.config.servers.map(async (server): Promise<PublishingHealth> => {
+        try {
+          const connection = this.pool.get(server);
+          if (connection.readyPublishChannel() !== undefined) return { server, reachable: true };
+          // The channel the publisher uses: opened once, shared by concurrent probes and later publishes.
+          await withTimeout(
+            connection.publishChannel(),
+            timeoutMs,
+            () => new BeetleError('timeout', `no publishing channel within ${timeoutMs} ms`),
+          );
+          return { server, reachable: true };
+        } catch (error) {
+          return { server, reachable: false, error: errorMessage(error) };
+        }
+      }),
+    );
   }
 
   /**
@@ -260,6 +331,8 @@ export class Client<M extends MessageMap = MessageMap> {
    * confirms, then closes broker connections and the store it created.
    */
   async stop(options: { timeout?: number } = {}): Promise<StopResult> {
+    this.stopped = true;
+    this.eventLoop.stop();
     let result: StopResult = { abandoned: 0 };
     if (this.subscriberInstance) result = await this.subscriberInstance.stop(options);
     await Promise.all([...this.traces].map((t) => t.stop()));

@@ -1,5 +1,16 @@
 // The client: the whole system composed, and its declarations and tracing.
-export { Client, type ClientHealth, type ClientOptions, type StoreHealth } from './client.js';
+export { Client, type ClientOptions } from './client.js';
+export {
+  liveness,
+  readiness,
+  type ClientHealth,
+  type HealthOptions,
+  type LivenessOptions,
+  type ProbeResult,
+  type PublishingHealth,
+  type QueueHealth,
+  type StoreHealth,
+} from './probes.js';
 export { applyDeclarations, loadDeclarations, parseDeclarations, type Declarations } from './declarations.js';
 export { traceQueueName, type TraceHandle, type Tracer } from './trace.js';
 

@@ -124,6 +124,7 @@ describe('Client', () => {
       expect(await health(redis)).toEqual({ ok: true });
       expect(await health(down)).toEqual({
         ok: false,
+        reason: 'no-redis-master',
         error: expect.stringMatching(/^no Redis master reachable for 0.2s \(127\.0\.0\.1:1\)/) as string,
       });
     } finally {

@@ -213,6 +213,9 @@ export class BrokerTarget {
   }
 
   get lastBackgroundError(): PublisherConnection['lastBackgroundError'] {
+    // A state read (health checks) works after close too: the closed pool hands out nothing, the last
+    // connection still knows its error.
+    if (this.context.pool.closed === true) return this.connection?.lastBackgroundError;
     return this.current().lastBackgroundError;
   }
 

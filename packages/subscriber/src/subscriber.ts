@@ -164,6 +164,11 @@ export class Subscriber extends TypedEmitter<SubscriberEvents> {
     return [...this.brokers.values()].map((broker) => broker.status());
   }
 
+  /** The queues being listened to (registered names; empty before `listen`), each with whether it is paused. */
+  listening(): { queue: string; paused: boolean }[] {
+    return (this.listened ?? []).map((q) => ({ queue: q.name, paused: this.paused.has(q.name) }));
+  }
+
   /** Stops consuming `queues` on all brokers (basic.cancel); deliveries already received are processed. */
   async pauseListening(queues: readonly string[]): Promise<void> {
     for (const name of queues) {

@@ -18,6 +18,11 @@ export interface GcQueueInfo {
 export interface GcInfo {
   timestamp: number;
   queues: GcQueueInfo[];
+  /** Ours, beyond Go's schema (Go's readers ignore them): the run's totals and databases. */
+  messages?: number;
+  expired?: number;
+  orphans?: number;
+  databases?: number[];
 }
 
 export const LAST_GC_KEY = 'beetle:lastgc';
@@ -155,7 +160,8 @@ export const gcCommand: CommandSpec = {
   per queue and hour until expiry;
 - every other key (except :status) whose message has no :expires key is an orphan and is deleted;
 - :status keys are skipped: with redis_status_key_expiry_interval they expire by themselves.
-The statistics are printed and stored as JSON in db 0 key beetle:lastgc (Go's schema), unless --dry-run.
+The statistics are printed and stored as JSON in db 0 key beetle:lastgc (Go's schema, plus the totals
+messages, expired, orphans and the databases scanned, which Go ignores), unless --dry-run.
 
 Why "now - threshold" and not the Go command's "now + threshold" (Ruby weak spot 9): with the Go sign, keys
 of messages that expire within the next hour are already collected, while the second copy of a redundant
@@ -231,7 +237,13 @@ clock differences between hosts and handlers still running when the message expi
             `${run.orphans - before.orphans} orphan keys ${verb} deleted`,
         );
       }
-      const result = run.info(Math.floor(Date.now() / 1000));
+      const result: GcInfo = {
+        ...run.info(Math.floor(Date.now() / 1000)),
+        messages: run.messages,
+        expired: run.expired,
+        orphans: run.orphans,
+        databases,
+      };
       if (!dryRun) {
         const db0 = await connect(0);
         await db0.set(LAST_GC_KEY, JSON.stringify(result));

@@ -1,139 +1,16 @@
-import { BrokerConnection, brokerOptions } from '@beetle/broker-amqp';
-import { BeetleError, createConfig, type BeetleConfig } from '@beetle/core';
-import { brokerAddress } from '@beetle/core/kit';
-import { RedisMaintenanceClient, resolveRedisMaster } from '@beetle/dedup-redis';
+import { createConfig, type BeetleConfig } from '@beetle/core';
+import type { RedisMaintenanceClient } from '@beetle/dedup-redis';
 import type { CommandContext, CommandSpec } from '../command.js';
-import { numberFlag } from '../options.js';
-import { errorMessage, oneLine } from '../output.js';
-import { createClient, jsonFlag, topologyFlag } from './shared.js';
-
-interface QueueDepth {
-  name: string;
-  messages: number | null;
-  consumers?: number | null;
-  error?: string;
-}
-
-interface BrokerReport {
-  server: string;
-  reachable: boolean;
-  error?: string;
-  /** Where the depths come from. */
-  source?: 'management-api' | 'passive-declare';
-  queues: QueueDepth[];
-}
-
-interface StoreReport {
-  redisServer: string;
-  master: string | null;
-  db: number;
-  reachable: boolean;
-  error?: string;
-  keys?: number;
-  messages?: number;
-  lastGc?: number | null;
-}
-
-async function managementQueues(
-  config: BeetleConfig,
-  server: string,
-  timeoutMs: number,
-): Promise<QueueDepth[]> {
-  const address = brokerAddress(config, server);
-  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  const url = `${address.tls ? 'https' : 'http'}://${host}:${address.managementPort}/api/queues/${encodeURIComponent(address.vhost)}?columns=name,messages,consumers`;
-  const response = await fetch(url, {
-    headers: {
-      authorization: `Basic ${Buffer.from(`${address.user}:${address.password}`).toString('base64')}`,
-      accept: 'application/json',
-    },
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  if (!response.ok) throw new BeetleError('management-api', `GET ${url} answered ${response.status}`);
-  const list = await response.json();
-  if (!Array.isArray(list)) throw new BeetleError('management-api', `GET ${url} did not return a list`);
-  return list.map((entry) => {
-    const q = entry as Record<string, unknown>;
-    return {
-      name: String(q['name']),
-      messages: typeof q['messages'] === 'number' ? q['messages'] : null,
-      consumers: typeof q['consumers'] === 'number' ? q['consumers'] : null,
-    };
-  });
-}
-
-async function brokerReport(
-  config: BeetleConfig,
-  server: string,
-  queues: readonly string[],
-  all: boolean,
-  timeoutMs: number,
-): Promise<BrokerReport> {
-  const connection = new BrokerConnection(brokerOptions(config, server));
-  try {
-    try {
-      await connection.publishChannel();
-    } catch (error) {
-      return { server, reachable: false, error: oneLine(errorMessage(error)), queues: [] };
-    }
-    try {
-      const listed = await managementQueues(config, server, timeoutMs);
-      const found = new Map(listed.map((q) => [q.name, q]));
-      const depths = all
-        ? listed.sort((a, b) => a.name.localeCompare(b.name))
-        : queues.map((name) => found.get(name) ?? { name, messages: null, error: 'not declared' });
-      return { server, reachable: true, source: 'management-api', queues: depths };
-    } catch {
-      const declarer = await connection.declarer();
-      const depths: QueueDepth[] = [];
-      for (const name of queues) {
-        try {
-          depths.push({ name, messages: await declarer.queueLength(name) });
-        } catch (error) {
-          depths.push({ name, messages: null, error: oneLine(errorMessage(error)) });
-        }
-      }
-      return { server, reachable: true, source: 'passive-declare', queues: depths };
-    }
-  } finally {
-    await connection.close();
-  }
-}
-
-async function storeReport(config: BeetleConfig, scan: boolean, timeoutMs: number): Promise<StoreReport> {
-  const report: StoreReport = {
-    redisServer: config.redisServer,
-    master: null,
-    db: config.redisDb,
-    reachable: false,
-  };
-  try {
-    const master = await resolveRedisMaster(config);
-    report.master = master;
-    const redis = await RedisMaintenanceClient.open(config, master, config.redisDb, {
-      connectTimeoutMs: timeoutMs,
-      commandTimeoutMs: Math.max(timeoutMs, 10_000),
-    });
-    try {
-      report.keys = await redis.dbsize();
-      report.reachable = true;
-      if (scan) {
-        let messages = 0;
-        for await (const keys of redis.scanKeys('msgid:*:expires', 10_000)) messages += keys.length;
-        report.messages = messages;
-      }
-      await redis.call('SELECT', 0);
-      const lastGc = await redis.get('beetle:lastgc');
-      const timestamp = lastGc === null ? null : (JSON.parse(lastGc) as { timestamp?: unknown }).timestamp;
-      report.lastGc = typeof timestamp === 'number' ? timestamp : null;
-    } finally {
-      redis.close();
-    }
-  } catch (error) {
-    report.error = oneLine(errorMessage(error));
-  }
-  return report;
-}
+import { numberFlag, stringFlag, UsageError } from '../options.js';
+import {
+  countMessages,
+  gatherStatus,
+  type BrokerReport,
+  type GatherOptions,
+  type StoreReport,
+} from '../status/gather.js';
+import { startStatusServer } from '../status/server.js';
+import { aborted, createClient, jsonFlag, topologyFlag } from './shared.js';
 
 function printText(ctx: CommandContext, brokers: BrokerReport[], store: StoreReport): void {
   for (const broker of brokers) {
@@ -158,8 +35,46 @@ function printText(ctx: CommandContext, brokers: BrokerReport[], store: StoreRep
   }
   const from = store.master !== store.redisServer ? ` (master of ${store.redisServer})` : '';
   const messages = store.messages === undefined ? '' : `, ${store.messages} messages`;
-  const gc = store.lastGc ? `, last gc ${new Date(store.lastGc * 1000).toISOString()}` : '';
+  const gc = store.lastGc ? `, last gc ${new Date(store.lastGc.timestamp * 1000).toISOString()}` : '';
   ctx.print.out(`dedup store ${where}${from} db ${store.db}: up, ${store.keys ?? 0} keys${messages}${gc}`);
+}
+
+/** Scans for message counts every time (one-shot), or at most every `everyMs` (the server). */
+function scanner(
+  enabled: boolean,
+  everyMs: number,
+): (
+  redis: RedisMaintenanceClient,
+) => Promise<Pick<StoreReport, 'messagesByQueue' | 'scannedAt'> | undefined> {
+  let last: { messagesByQueue: Record<string, number>; scannedAt: number } | undefined;
+  return async (redis) => {
+    if (!enabled) return undefined;
+    if (last !== undefined && Date.now() - last.scannedAt * 1000 < everyMs) return last;
+    last = { messagesByQueue: await countMessages(redis), scannedAt: Math.floor(Date.now() / 1000) };
+    return last;
+  };
+}
+
+async function serve(ctx: CommandContext, config: BeetleConfig, options: GatherOptions): Promise<number> {
+  const refresh = numberFlag(ctx.flags, 'refresh', { min: 1 }) ?? 5;
+  const port = numberFlag(ctx.flags, 'port', { min: 0, integer: true }) ?? 9080;
+  if (port > 65535) throw new UsageError(`--port must be at most 65535, got ${port}`);
+  const host = stringFlag(ctx.flags, 'host') ?? '127.0.0.1';
+  const scan = scanner(ctx.flags['scan'] === true, 60_000);
+  ctx.startLogging();
+  const server = await startStatusServer({
+    host,
+    port,
+    gather: () => gatherStatus(config, { ...options, scan }),
+    // Slightly under the page's interval, so each refresh of one page sees a fresh report.
+    maxAgeMs: Math.max(500, refresh * 1000 - 500),
+    refreshSeconds: refresh,
+    logger: ctx.logger,
+  });
+  ctx.print.err(`status page listening on ${server.url}/ (JSON: ${server.url}/status.json)`);
+  await aborted(ctx.signal);
+  await server.close();
+  return 0;
 }
 
 export const statusCommand: CommandSpec = {
@@ -172,15 +87,39 @@ export const statusCommand: CommandSpec = {
 (port "1" + AMQP port), or passive declares when the API does not answer. Then the dedup store: the master
 it resolves to (the redis master file is read when redis_server is a path), the number of keys in its
 database (--scan also counts messages, i.e. msgid:*:expires keys) and the time of the last garbage
-collection (db 0 key beetle:lastgc). Exit status 1 when a broker or the store is unreachable.`,
+collection (db 0 key beetle:lastgc). Queues with dead lettering are followed by their <queue>_dead_letter
+queue. Exit status 1 when a broker or the store is unreachable.
+
+--serve keeps running (until SIGINT/SIGTERM) and serves on --host:--port (default 127.0.0.1:9080, loopback:
+bind another address only behind your own access control) GET /status.json (the --json report, plus
+messages per queue in the store with --scan, rescanned at most once a minute) and GET / (a self-contained
+page that reloads it every --refresh seconds). Requests share one gathering at a time; every broker and
+Redis call is bounded by --timeout, so a broker that is down or hangs shows as down instead of holding the
+page.`,
   flags: {
     ...topologyFlag,
     'all-queues': { type: 'boolean', description: 'list every queue of the vhost (management API)' },
     scan: { type: 'boolean', description: 'count messages in the dedup store (SCAN)' },
     timeout: { type: 'string', value: '<seconds>', description: 'connect timeout (default 3)' },
+    serve: { type: 'boolean', description: 'serve a status page (/) and /status.json until interrupted' },
+    port: { type: 'string', value: '<n>', description: 'with --serve: HTTP port (default 9080; 0: any)' },
+    host: {
+      type: 'string',
+      value: '<address>',
+      description: 'with --serve: address to bind (default 127.0.0.1)',
+    },
+    refresh: {
+      type: 'string',
+      value: '<seconds>',
+      description: 'with --serve: page refresh interval (default 5)',
+    },
     ...jsonFlag,
   },
-  examples: ['beetle status --config-file beetle.yml', 'beetle status --topology topology.yml --json'],
+  examples: [
+    'beetle status --config-file beetle.yml',
+    'beetle status --topology topology.yml --json',
+    'beetle status --topology topology.yml --serve --port 9080',
+  ],
   async run(ctx) {
     const timeout = numberFlag(ctx.flags, 'timeout', { min: 0.1 }) ?? 3;
     const config = createConfig(ctx.config, {
@@ -189,17 +128,20 @@ collection (db 0 key beetle:lastgc). Exit status 1 when a broker or the store is
       redisConnectTimeout: Math.min(timeout, ctx.config.redisConnectTimeout),
     });
     const client = await createClient(ctx);
-    const queues = client.topology.queues().map((q) => q.amqpName);
+    const queues = client.topology
+      .queues()
+      .map((q) => ({ name: q.amqpName, deadLettering: q.deadLettering }));
     await client.stop();
-    const servers = [...config.servers, ...config.additionalSubscriptionServers];
-    const [brokers, store] = await Promise.all([
-      Promise.all(
-        servers.map((server) =>
-          brokerReport(config, server, queues, ctx.flags['all-queues'] === true, timeout * 1000),
-        ),
-      ),
-      storeReport(config, ctx.flags['scan'] === true, timeout * 1000),
-    ]);
+    const options: GatherOptions = {
+      queues,
+      all: ctx.flags['all-queues'] === true,
+      timeoutMs: timeout * 1000,
+    };
+    if (ctx.flags['serve'] === true) return serve(ctx, config, options);
+    const { brokers, store } = await gatherStatus(config, {
+      ...options,
+      scan: scanner(ctx.flags['scan'] === true, 0),
+    });
     if (ctx.flags['json'] === true) ctx.print.json({ brokers, store });
     else printText(ctx, brokers, store);
     return brokers.every((b) => b.reachable) && store.reachable ? 0 : 1;
