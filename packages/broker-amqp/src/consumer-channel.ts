@@ -177,11 +177,11 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      // Only logged below, never passed on: a plain Error is enough.
+      // Only logged below, never passed on.
       await withTimeout(
         this.channel.close(),
         this.link.operationTimeout * 1000,
-        () => new Error('channel.close timed out'),
+        () => new BrokerError('broker-timeout', this.server, 'channel.close timed out'),
       );
     } catch (error) {
       this.logger.debug(

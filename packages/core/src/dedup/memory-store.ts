@@ -1,3 +1,4 @@
+import { toError } from '../kit/timing.js';
 import { timeoutAt } from '../retry-policy.js';
 import { decideFailure, retryAt } from './decide.js';
 import { KEY_SUFFIXES, allKeysOf, keyOf, rubyToI, type KeySuffix, type MessageRef } from './keys.js';
@@ -130,7 +131,7 @@ export class MemoryDedupStore implements DedupStore {
     try {
       acks = acksOf(params);
     } catch (error) {
-      return Promise.reject(error instanceof Error ? error : new TypeError(String(error)));
+      return Promise.reject(toError(error));
     }
     // ">= 2 because increments are retried and the counter could exceed two" (Ruby).
     if (params.redundant && this.incr(keyOf(ref, 'ack_count'), acks) < 2) return Promise.resolve();
