@@ -106,35 +106,28 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
   }
 
   ack(delivery: Delivery): boolean {
-    if (this.closed) {
-      this.logger.warn(
-        { server: this.server, deliveryTag: delivery.fields.deliveryTag },
-        'ack on a closed channel',
-      );
-      return false;
-    }
-    try {
-      this.channel.ack(delivery as unknown as Message);
-      return true;
-    } catch (error) {
-      this.logger.warn({ server: this.server, err: error }, `ack failed: ${errorMessage(error)}`);
-      return false;
-    }
+    return this.settle(delivery, 'ack', false);
   }
 
   reject(delivery: Delivery, requeue: boolean): boolean {
+    return this.settle(delivery, 'reject', requeue);
+  }
+
+  /** basic.ack or basic.reject; false (logged) when the channel is gone or amqplib refuses. */
+  private settle(delivery: Delivery, op: 'ack' | 'reject', requeue: boolean): boolean {
     if (this.closed) {
       this.logger.warn(
         { server: this.server, deliveryTag: delivery.fields.deliveryTag },
-        'reject on a closed channel',
+        `${op} on a closed channel`,
       );
       return false;
     }
     try {
-      this.channel.reject(delivery as unknown as Message, requeue);
+      if (op === 'ack') this.channel.ack(delivery as unknown as Message);
+      else this.channel.reject(delivery as unknown as Message, requeue);
       return true;
     } catch (error) {
-      this.logger.warn({ server: this.server, err: error }, `reject failed: ${errorMessage(error)}`);
+      this.logger.warn({ server: this.server, err: error }, `${op} failed: ${errorMessage(error)}`);
       return false;
     }
   }
