@@ -1,3 +1,5 @@
+// Over 400 lines: the runner and the e2e benchmark's rounds, with the report printed figure by figure next to
+// its targets; e2e() is the part to move into its own file when this grows.
 /**
  * The benchmark runner: `pnpm bench [--json] [--messages N] [--rounds R] [--only e2e,publish,redis,outage]
  * [--outage-seconds S] [--outage-mode stop-broker|dead-port]`; for investigations also [--requeue-delay S]

@@ -159,7 +159,11 @@ export class BrokerConnection implements PublisherConnection {
         let link: Link;
         try {
           // Only awaited here, never passed on.
-          link = await withTimeout(pending, this.timeoutMs, () => new Error('connect still pending'));
+          link = await withTimeout(
+            pending,
+            this.timeoutMs,
+            () => new BrokerError('broker-timeout', this.server, 'connect still pending'),
+          );
         } catch {
           return; // a failed or hanging connect: the attempt destroys itself (see connect)
         }
@@ -168,8 +172,13 @@ export class BrokerConnection implements PublisherConnection {
         link.dead = true;
         try {
           // A broker that let a channel.close time out gets no second wait. (Both errors are only logged.)
-          if (!answered) throw new Error('the broker did not answer channel.close');
-          await withTimeout(link.model.close(), this.timeoutMs, () => new Error('close timed out'));
+          if (!answered)
+            throw new BrokerError('broker-timeout', this.server, 'the broker did not answer channel.close');
+          await withTimeout(
+            link.model.close(),
+            this.timeoutMs,
+            () => new BrokerError('broker-timeout', this.server, 'close timed out'),
+          );
         } catch (error) {
           this.logger.debug(
             { server: this.server, err: error },
@@ -200,7 +209,7 @@ export class BrokerConnection implements PublisherConnection {
         try {
           await withTimeout(channel.close(), this.timeoutMs, () => {
             answered = false;
-            return new Error('channel.close timed out'); // only logged below
+            return new BrokerError('broker-timeout', this.server, 'channel.close timed out'); // only logged below
           });
         } catch (error) {
           this.logger.debug(

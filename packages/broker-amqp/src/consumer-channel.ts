@@ -109,20 +109,7 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
   }
 
   ack(delivery: Delivery): boolean {
-    if (this.closed) {
-      this.logger.warn(
-        { server: this.server, deliveryTag: delivery.fields.deliveryTag },
-        'ack on a closed channel',
-      );
-      return false;
-    }
-    try {
-      this.channel.ack(delivery as unknown as Message);
-      return true;
-    } catch (error) {
-      this.logger.warn({ server: this.server, err: error }, `ack failed: ${errorMessage(error)}`);
-      return false;
-    }
+    return this.settle(delivery, 'ack', false);
   }
 
   /**
@@ -131,19 +118,25 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
    * delivery (towards its `delivery-limit`) and a `nack` not (3.10 to 4.2 count both).
    */
   reject(delivery: Delivery, requeue: boolean): boolean {
+    return this.settle(delivery, 'reject', requeue);
+  }
+
+  /** basic.ack, basic.nack (requeue) or basic.reject; false (logged) when the channel is gone or amqplib refuses. */
+  private settle(delivery: Delivery, op: 'ack' | 'reject', requeue: boolean): boolean {
     if (this.closed) {
       this.logger.warn(
         { server: this.server, deliveryTag: delivery.fields.deliveryTag },
-        'reject on a closed channel',
+        `${op} on a closed channel`,
       );
       return false;
     }
     try {
-      if (requeue) this.channel.nack(delivery as unknown as Message, false, true);
+      if (op === 'ack') this.channel.ack(delivery as unknown as Message);
+      else if (requeue) this.channel.nack(delivery as unknown as Message, false, true);
       else this.channel.reject(delivery as unknown as Message, false);
       return true;
     } catch (error) {
-      this.logger.warn({ server: this.server, err: error }, `reject failed: ${errorMessage(error)}`);
+      this.logger.warn({ server: this.server, err: error }, `${op} failed: ${errorMessage(error)}`);
       return false;
     }
   }
@@ -253,11 +246,11 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      // Only logged below, never passed on: a plain Error is enough.
+      // Only logged below, never passed on.
       await withTimeout(
         this.channel.close(),
         this.link.operationTimeout * 1000,
-        () => new Error('channel.close timed out'),
+        () => new BrokerError('broker-timeout', this.server, 'channel.close timed out'),
       );
     } catch (error) {
       this.logger.debug(

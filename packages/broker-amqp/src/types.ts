@@ -1,4 +1,4 @@
-import type { BrokerAddress, ExchangeDefinition, Logger, QueueDefinition } from '@beetle/core';
+import type { BrokerAddress, ExchangeDefinition, Logger, QueueDefinition, RawDelivery } from '@beetle/core';
 import type { EnvelopeProperties } from '@beetle/core/kit';
 
 /**
@@ -27,24 +27,9 @@ export interface BrokerOptions {
   readonly consumerConnectTimeout?: number;
 }
 
-/** A delivery handed to a consumer callback. */
-export interface Delivery {
-  readonly content: Buffer;
-  readonly fields: {
-    readonly deliveryTag: number;
-    readonly redelivered: boolean;
-    readonly exchange: string;
-    readonly routingKey: string;
-    readonly consumerTag: string;
-  };
-  readonly properties: {
-    readonly messageId?: unknown;
-    readonly timestamp?: unknown;
-    readonly headers?: Readonly<Record<string, unknown>> | undefined;
-    readonly replyTo?: unknown;
-    readonly contentType?: unknown;
-    readonly correlationId?: unknown;
-  };
+/** A delivery handed to a consumer callback: what decoding reads (core's `RawDelivery`) and its tags. */
+export interface Delivery extends RawDelivery {
+  readonly fields: RawDelivery['fields'] & { readonly deliveryTag: number; readonly consumerTag: string };
 }
 
 export interface PublishOptions {

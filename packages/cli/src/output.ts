@@ -86,8 +86,8 @@ export function jsonReplacer(_key: string, value: unknown): unknown {
   return value;
 }
 
-export const errorMessage = (error: unknown): string =>
-  error instanceof Error ? error.message : String(error);
+/** The message of anything thrown (the kit's, under the name the commands import). */
+export { errorMessage } from '@beetle/core/kit';
 
 /** One line: newlines of multi-line messages folded. */
 export const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, ' ').trim();

@@ -16,6 +16,8 @@ export type BeetleErrorReason =
   | 'broker-blocked'
   | 'publish-timeout'
   | 'invalid-publish'
+  /** An argument of the wrong type or out of range: a programming error (see `InvalidArgumentError`). */
+  | 'invalid-argument'
   | 'policy-request'
   | 'policy-refused'
   | 'queue-setup'
@@ -220,5 +222,20 @@ export const isBeetleError = (value: unknown): value is BeetleError => value ins
 export class InvariantError extends BeetleError {
   constructor(message: string, options: BeetleErrorOptions = {}) {
     super('internal', message, options);
+  }
+}
+
+/**
+ * An argument of the wrong type or out of range (a programming error). A `TypeError`, as Node's own argument
+ * checks throw (the store contract asserts it), and a `BeetleError` with reason `invalid-argument`: the two
+ * cannot share a prototype chain, so `instanceof BeetleError` holds through the lineage (see `LINEAGE`).
+ */
+export class InvalidArgumentError extends TypeError {
+  readonly reason = 'invalid-argument' satisfies BeetleErrorReason;
+
+  constructor(message: string, options: BeetleErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'InvalidArgumentError';
+    Object.defineProperty(this, LINEAGE, { value: ['InvalidArgumentError', 'BeetleError'] });
   }
 }

@@ -8,6 +8,7 @@ export {
   BrokerError,
   ClosedError,
   ConfigurationError,
+  InvalidArgumentError,
   InvalidPublishError,
   InvariantError,
   MessageDecodingError,
@@ -69,7 +70,20 @@ export type {
 export type { RetryOptions, RetryPolicy } from './retry-policy.js';
 export { silentLogger, type LogFn, type Logger } from './logger.js';
 export type { MessageRef } from './dedup/keys.js';
-export type * from './dedup/store.js';
+export type {
+  AcknowledgedParams,
+  AcquireParams,
+  AcquireResult,
+  ClaimParams,
+  ClaimResult,
+  CompleteParams,
+  DedupStore,
+  FailOutcome,
+  FailParams,
+  FailResult,
+  MessageState,
+  ReleaseParams,
+} from './dedup/store.js';
 export { MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup/memory-store.js';
 export type {
   CopyObservation,

@@ -1,3 +1,4 @@
+// Over 400 lines: one connection owns both ways to the master (file-followed and Sentinel) and the resend loop.
 import type { ConnectionOptions } from 'node:tls';
 import { ClosedError, NoRedisMasterError, type Logger } from '@beetle/core';
 import { DeadlineSweeper, errorMessage } from '@beetle/core/kit';

@@ -1,3 +1,4 @@
+// Over 400 lines: every maintenance command (gc, scans, key dumps, copy-keys) over one restartable connection.
 import { randomUUID } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import type { Redis } from 'ioredis';

@@ -12,6 +12,7 @@ import type {
   MessageRef,
   ReleaseParams,
 } from '@beetle/core';
+import { InvalidArgumentError } from '@beetle/core';
 import {
   acksOf,
   allKeysOf,
@@ -292,7 +293,8 @@ export class RedisDedupStore implements DedupStore {
   /** Deletes all 8 keys of a message (`msgid:<queue>:<uuid>`); returns how many existed. */
   async deleteMessageKeys(msgId: string): Promise<number> {
     const parts = parseKey(`${msgId}:status`);
-    if (parts?.msgId !== msgId) throw new TypeError(`not a Beetle message id: ${JSON.stringify(msgId)}`);
+    if (parts?.msgId !== msgId)
+      throw new InvalidArgumentError(`not a Beetle message id: ${JSON.stringify(msgId)}`);
     return this.run('deleteMessageKeys', (redis) =>
       redis.del(...allKeysOf({ queue: parts.queue, uuid: parts.uuid })),
     );

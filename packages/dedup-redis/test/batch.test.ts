@@ -90,5 +90,6 @@ describe('Batcher', () => {
     const results = [b.add(1), b.add(2)];
     flush();
     for (const result of results) await expect(result).rejects.toThrow('a batch of 2 got 1 results');
+    for (const result of results) await expect(result).rejects.toMatchObject({ reason: 'internal' });
   });
 });

@@ -387,6 +387,9 @@ describe('RedisDedupStore on a real Redis', () => {
         expect(await store.inspect(refs[0]!)).toEqual({});
         expect(await store.deleteMessageKeys(`msgid:${queue}:${refs[0]!.uuid}`)).toBe(0);
         await expect(store.deleteMessageKeys('not-a-msgid')).rejects.toThrow(TypeError);
+        await expect(store.deleteMessageKeys('not-a-msgid')).rejects.toMatchObject({
+          reason: 'invalid-argument',
+        });
         for (const ref of [...refs, other]) await raw.del(...allKeysOf(ref));
       } finally {
         await store.close();

@@ -1,3 +1,4 @@
+// Over 400 lines on purpose: one delivery's whole path, arrival to end, read top to bottom in one file.
 /**
  * One delivery from its arrival to its end: decoded once, it joins the line of its message's copies, waits
  * for a copy in flight here (holding no slot), takes a handler slot, runs the state machine

@@ -1,3 +1,4 @@
+import { toError } from '../kit/timing.js';
 import { timeoutAt } from '../retry-policy.js';
 import { decideFailure, retryAt } from './decide.js';
 import { KEY_SUFFIXES, allKeysOf, keyOf, rubyToI, type KeySuffix, type MessageRef } from './keys.js';
@@ -138,7 +139,7 @@ export class MemoryDedupStore implements DedupStore {
     try {
       acks = acksOf(params);
     } catch (error) {
-      return Promise.reject(error instanceof Error ? error : new TypeError(String(error)));
+      return Promise.reject(toError(error));
     }
     // No `timeout`: cleaned up already (or never claimed): nothing to count, nothing recreated.
     if (this.read(keyOf(ref, 'timeout')) === undefined) return Promise.resolve();

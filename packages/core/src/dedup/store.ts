@@ -1,3 +1,4 @@
+import { InvalidArgumentError } from '../errors.js';
 import type { KeySuffix, MessageRef } from './keys.js';
 
 /**
@@ -119,11 +120,11 @@ export interface ReleaseParams {
   readonly attempts: number;
 }
 
-/** The number of acks an `acknowledged` call records; throws `TypeError` unless a positive integer. */
+/** The number of acks an `acknowledged` call records; throws `InvalidArgumentError` (a `TypeError`) unless a positive integer. */
 export function acksOf(params: AcknowledgedParams): number {
   const acks = params.acks ?? 1;
   if (!Number.isSafeInteger(acks) || acks < 1) {
-    throw new TypeError(`acknowledged: acks must be a positive integer, got ${String(acks)}`);
+    throw new InvalidArgumentError(`acknowledged: acks must be a positive integer, got ${String(acks)}`);
   }
   return acks;
 }

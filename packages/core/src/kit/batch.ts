@@ -5,6 +5,7 @@
  * the client handle one command instead of dozens: fewer command dispatches, script calls and replica
  * entries on the server, fewer command objects and promises in ioredis.
  */
+import { InvariantError } from '../errors.js';
 
 /** When a batch is sent: a function that runs a callback later, like `process.nextTick` or `setImmediate`. */
 export type Schedule = (flush: () => void) => void;
@@ -52,7 +53,7 @@ export class Batcher<I, R> {
     this.send(entries.map((entry) => entry.item)).then(
       (results) => {
         if (results.length !== entries.length) {
-          const error = new Error(`a batch of ${entries.length} got ${results.length} results`);
+          const error = new InvariantError(`a batch of ${entries.length} got ${results.length} results`);
           for (const entry of entries) entry.reject(error);
           return;
         }
