@@ -119,6 +119,20 @@ pid_is_ours() {
   tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "BEETLE_SERVICE_INSTANCE=$2"
 }
 
+# The pid in DIR/FILE when that process is the one this script started there.
+our_pid() {
+  local pid
+  pid=$(cat "$1/$2" 2>/dev/null) || return 1
+  pid_is_ours "$pid" "$1" && echo "$pid"
+}
+
+# Waits up to 10 s for PID to exit after a stop request, then kills it.
+await_exit_or_kill() {
+  local pid=$1 i
+  for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
+  if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+}
+
 # For a subshell about to exec a service: drop every inherited fd above 2
 # (lock fd, pipes of whoever called us), so the service holds none of them.
 close_inherited_fds() {
@@ -206,12 +220,7 @@ default_node_name() {
 
 broker_node() { cat "$(broker_dir "$1")/node" 2>/dev/null; }
 
-broker_pid() {
-  local dir pid
-  dir=$(broker_dir "$1")
-  pid=$(cat "$dir/rabbit.pid" 2>/dev/null) || return 1
-  pid_is_ours "$pid" "$dir" && echo "$pid"
-}
+broker_pid() { our_pid "$(broker_dir "$1")" rabbit.pid; }
 
 broker_running() { broker_pid "$1" >/dev/null; }
 
@@ -442,12 +451,7 @@ ensure_broker() {
 
 redis_dir() { echo "$STATE_DIR/redis-$1"; }
 
-redis_pid() {
-  local dir pid
-  dir=$(redis_dir "$1")
-  pid=$(cat "$dir/redis.pid" 2>/dev/null) || return 1
-  pid_is_ours "$pid" "$dir" && echo "$pid"
-}
+redis_pid() { our_pid "$(redis_dir "$1")" redis.pid; }
 
 redis_running() { redis_pid "$1" >/dev/null; }
 
@@ -502,7 +506,7 @@ start_redis() {
 }
 
 stop_redis() {
-  local port=$1 dir pid i
+  local port=$1 dir pid
   dir=$(redis_dir "$port")
   if ! pid=$(redis_pid "$port"); then
     log "no running redis on $port was started by this script; nothing to stop"
@@ -511,8 +515,7 @@ stop_redis() {
   log "stopping redis on $HOST:$port (pid $pid)"
   kill -CONT "$pid" 2>/dev/null || true
   timeout 10 redis-cli -h "$HOST" -p "$port" shutdown nosave >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
-  if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  await_exit_or_kill "$pid"
   wait_for "port of the stopped redis on $port to close" ports_closed "$port" || true
   rm -f "$dir/redis.pid"
 }
@@ -530,12 +533,7 @@ SENTINEL_PORTS=(26379 26380 26381)
 
 sentinel_dir() { echo "$STATE_DIR/sentinel-$1"; }
 
-sentinel_pid() {
-  local dir pid
-  dir=$(sentinel_dir "$1")
-  pid=$(cat "$dir/sentinel.pid" 2>/dev/null) || return 1
-  pid_is_ours "$pid" "$dir" && echo "$pid"
-}
+sentinel_pid() { our_pid "$(sentinel_dir "$1")" sentinel.pid; }
 
 sentinel_running() { sentinel_pid "$1" >/dev/null; }
 
@@ -584,7 +582,7 @@ start_sentinel() {
 }
 
 stop_sentinel() {
-  local port=$1 pid i
+  local port=$1 pid
   if ! pid=$(sentinel_pid "$port"); then
     log "no running sentinel on $port was started by this script; nothing to stop"
     return 0
@@ -592,8 +590,7 @@ stop_sentinel() {
   log "stopping sentinel on $HOST:$port (pid $pid)"
   kill -CONT "$pid" 2>/dev/null || true
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
-  if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  await_exit_or_kill "$pid"
   wait_for "port of the stopped sentinel on $port to close" ports_closed "$port" || true
   rm -f "$(sentinel_dir "$port")/sentinel.pid"
 }
