@@ -203,6 +203,7 @@ export class BrokerConnection implements PublisherConnection {
    * queues behind that channel's frames and its close-ok comes back only after the broker processed them.
    */
   private async closeChannels(link: Link): Promise<boolean> {
+    for (const write of link.heldWrites) write();
     let answered = true;
     await Promise.all(
       [...link.channels].map(async (channel) => {
@@ -309,6 +310,7 @@ export class BrokerConnection implements PublisherConnection {
       dead: false,
       unblockWaiters: new Set(),
       channels: new Set(),
+      heldWrites: new Set(),
       kill: (error) => this.kill(link, error),
     };
     this.current.set(role, link);

@@ -1,6 +1,7 @@
 import type { Channel, ConfirmChannel, ConsumeMessage, Message } from 'amqplib';
 import { BrokerError, type ExchangeDefinition, type Logger, type QueueDefinition } from '@beetle/core';
 import { errorMessage, withTimeout } from '@beetle/core/kit';
+import { AckBatch } from './ack-batch.js';
 import { AmqpDeclarer } from './declarer.js';
 import { roundTrip, waitWritable, WriteBuffer, type Link } from './link.js';
 import type { ConsumerChannel, Delivery, TopologyDeclarer } from './types.js';
@@ -18,6 +19,8 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
   private readonly declarer: AmqpDeclarer;
   /** The confirm channel of `republish`, opened on the same connection on first use. */
   private confirmChannel: Promise<ConfirmChannel> | undefined;
+  /** Acks go out once per loop turn, runs of them as one `basic.ack(multiple)`. */
+  private readonly acks: AckBatch;
 
   constructor(
     readonly server: string,
@@ -25,6 +28,9 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
     private readonly channel: Channel,
     private readonly logger: Logger,
   ) {
+    this.acks = new AckBatch((tag, multiple) => this.sendAck(tag, multiple));
+    const flushAcks = (): void => this.acks.flush();
+    link.heldWrites.add(flushAcks);
     const target = Promise.resolve({ channel, link });
     this.declarer = new AmqpDeclarer(() => target);
     channel.on('error', (error: Error) => {
@@ -33,6 +39,14 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
     });
     channel.on('close', () => {
       this.closed = true;
+      link.heldWrites.delete(flushAcks);
+      if (this.acks.pending > 0) {
+        logger.warn(
+          { server, acks: this.acks.pending },
+          'consumer channel closed before its last acks were written; the broker redelivers those messages',
+        );
+      }
+      this.acks.clear();
       this.closeConfirmChannel();
       this.buffer.wake();
       const error =
@@ -95,6 +109,7 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
             }
             return;
           }
+          this.acks.received(message.fields.deliveryTag);
           onDelivery(message);
         },
         { noAck: false },
@@ -130,14 +145,32 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
       );
       return false;
     }
+    const tag = delivery.fields.deliveryTag;
+    if (op === 'ack') {
+      this.acks.ack(tag);
+      return true;
+    }
+    this.acks.settledOtherwise(tag);
     try {
-      if (op === 'ack') this.channel.ack(delivery as unknown as Message);
-      else if (requeue) this.channel.nack(delivery as unknown as Message, false, true);
+      if (requeue) this.channel.nack(delivery as unknown as Message, false, true);
       else this.channel.reject(delivery as unknown as Message, false);
       return true;
     } catch (error) {
       this.logger.warn({ server: this.server, err: error }, `${op} failed: ${errorMessage(error)}`);
       return false;
+    }
+  }
+
+  /** Writes one ack frame (from the batch); a refusal is logged, the broker then redelivers. */
+  private sendAck(tag: number, multiple: boolean): void {
+    if (this.closed) {
+      this.logger.warn({ server: this.server, deliveryTag: tag, multiple }, 'ack on a closed channel');
+      return;
+    }
+    try {
+      this.channel.ack({ fields: { deliveryTag: tag } } as unknown as Message, multiple);
+    } catch (error) {
+      this.logger.warn({ server: this.server, err: error }, `ack failed: ${errorMessage(error)}`);
     }
   }
 
@@ -245,6 +278,8 @@ export class AmqpConsumerChannel implements ConsumerChannel, TopologyDeclarer {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // channel.close queues behind these frames, so the broker has the acks before the channel goes.
+    this.acks.flush();
     try {
       // Only logged below, never passed on.
       await withTimeout(

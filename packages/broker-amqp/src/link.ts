@@ -18,6 +18,8 @@ export interface Link {
   readonly unblockWaiters: Set<() => void>;
   /** Channels open on this connection, closed one by one before the connection itself (see `close`). */
   readonly channels: Set<Channel>;
+  /** Writes channels hold back (a consumer channel's batched acks), made before the channels close. */
+  readonly heldWrites: Set<() => void>;
   /** Treats the connection as dead (e.g. after a timeout): destroys the socket and runs the loss handling now. */
   readonly kill: (error: Error) => void;
 }

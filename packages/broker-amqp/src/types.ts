@@ -64,7 +64,11 @@ export interface ConsumerChannel {
   consume(queue: string, onDelivery: (delivery: Delivery) => void, onCancel?: () => void): Promise<string>;
   /** basic.cancel. */
   cancel(consumerTag: string): Promise<void>;
-  /** basic.ack; false (and a log line) when the channel is already gone — the broker will redeliver. */
+  /**
+   * basic.ack, written with the other acks of this loop turn (in the check phase; a run of acked deliveries
+   * as one `multiple` ack); false (and a log line) when the channel is already gone — the broker will
+   * redeliver. A nack, reject or `close()` writes the waiting acks first.
+   */
   ack(delivery: Delivery): boolean;
   /**
    * Hands the delivery back: requeued with basic.nack (requeue, not multiple), or dead-lettered with

@@ -19,6 +19,7 @@ function fakeLink(model?: ChannelModel, operationTimeout = 0.05): Link & { kille
     dead: false,
     unblockWaiters: new Set(),
     channels: new Set(),
+    heldWrites: new Set(),
     kill: (error) => killed.push(error),
     killed,
   };

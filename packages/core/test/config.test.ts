@@ -75,7 +75,7 @@ describe('defaults', () => {
       subscriberConnectTimeout: 5,
       subscriberReconnectDelay: 10,
       subscriberHeartbeat: 'server', // Ruby: 0 = off (project decision: notice dead connections)
-      prefetchCount: 1,
+      prefetchCount: 100, // Ruby: 1 (project decision: one broker round trip per message is slow)
       throttlingRefreshInterval: 60,
       publisherConfirms: true, // Ruby: false (project decision)
       publisherLazyQueueSetup: true,
@@ -83,7 +83,7 @@ describe('defaults', () => {
       deadServerRetryInterval: 10,
       publisherMaxInFlight: 1000,
       publishTimeout: 30,
-      subscriberConcurrency: 1,
+      subscriberConcurrency: 100, // follows prefetchCount
       requeueRefreshDeliveryCount: 10,
       subscriberReconnectMaxDelay: 60,
       rejectRequeueDelay: 1,
@@ -311,6 +311,25 @@ describe('server lists', () => {
     });
     expect(config.servers).toEqual(['a:5672', 'b:5673']);
     expect(config.additionalSubscriptionServers).toEqual(['c:5672']);
+  });
+});
+
+describe('subscriberConcurrency follows prefetchCount unless set', () => {
+  it('runs one handler at a time for a Ruby file that sets prefetch_count: 1', () => {
+    const fromFile = createConfig(parseConfigFile('servers: a:5672\nprefetch_count: 1\n', 'yaml', 'r.yml'));
+    expect([fromFile.prefetchCount, fromFile.subscriberConcurrency]).toEqual([1, 1]);
+    const fromEnv = createConfig(configFromEnv({ BEETLE_PREFETCH_COUNT: '7' }));
+    expect([fromEnv.prefetchCount, fromEnv.subscriberConcurrency]).toEqual([7, 7]);
+  });
+
+  it('takes the last prefetchCount of the merged inputs, and an explicit subscriberConcurrency wins', () => {
+    const merged = createConfig({ prefetchCount: 5 }, { prefetchCount: 20 });
+    expect(merged.subscriberConcurrency).toBe(20);
+    const explicit = createConfig({ prefetchCount: 1, subscriberConcurrency: 8 }, { prefetchCount: 50 });
+    expect([explicit.prefetchCount, explicit.subscriberConcurrency]).toEqual([50, 8]);
+    expect(createConfig({ subscriberConcurrency: undefined, prefetchCount: 3 }).subscriberConcurrency).toBe(
+      3,
+    );
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { amqplibAckFlush, DeadlineSweeper, Lazy, Memo, Slots, type Clock } from '@beetle/core/kit';
+import { amqplibAckFlush, Batcher, DeadlineSweeper, Lazy, Memo, Slots, type Clock } from '@beetle/core/kit';
 
 /** Time moves only with `advance`, which fires the due timers in order. */
 class ManualClock implements Clock {
@@ -179,13 +179,16 @@ describe('DeadlineSweeper', () => {
 describe('amqplibAckFlush', () => {
   it("runs after frames amqplib writes from an immediate of a later tick (an ack's), not before", async () => {
     const order: string[] = [];
-    // amqplib: the ack's frame reaches the socket from an immediate scheduled in a later tick.
-    process.nextTick(() => setImmediate(() => order.push('ack written')));
-    setImmediate(() => order.push('plain immediate'));
+    // The consumer channel writes the turn's acks from an immediate; amqplib hands the frame to the socket
+    // from an immediate scheduled in a later tick of that write.
+    setImmediate(() => {
+      order.push('acks batched');
+      process.nextTick(() => setImmediate(() => order.push('ack written')));
+    });
+    process.nextTick(() => setImmediate(() => order.push('one immediate after a tick')));
     amqplibAckFlush(() => order.push('flush'));
     await new Promise((resolve) => setTimeout(resolve, 20));
-    // A plain immediate would run before the ack is written; the flush runs after it.
-    expect(order).toEqual(['plain immediate', 'ack written', 'flush']);
+    expect(order).toEqual(['acks batched', 'one immediate after a tick', 'ack written', 'flush']);
   });
 });
 
@@ -299,5 +302,34 @@ describe('Slots', () => {
     slots.release();
     expect(slots.inUse).toBe(0);
     expect(slots.tryAcquire()).toBe(false);
+  });
+});
+
+describe('Batcher with a gate', () => {
+  it('closes a batch at its schedule; items added while it waits for the gate go into the next batch', async () => {
+    const sent: string[][] = [];
+    const gates: (() => void)[] = [];
+    const batcher = new Batcher<string, undefined>(
+      (items) => {
+        sent.push([...items]);
+        return Promise.resolve(items.map(() => undefined));
+      },
+      100,
+      (flush) => process.nextTick(flush),
+      (open) => gates.push(open),
+    );
+    const first = [batcher.add('a'), batcher.add('b')];
+    await new Promise((resolve) => process.nextTick(resolve));
+    expect(gates).toHaveLength(1); // the first batch is closed and waits
+    const second = batcher.add('c'); // after the close: not in the first batch
+    await new Promise((resolve) => process.nextTick(resolve));
+    expect(gates).toHaveLength(2);
+    expect(sent).toEqual([]);
+    gates[0]!();
+    await Promise.all(first);
+    expect(sent).toEqual([['a', 'b']]);
+    gates[1]!();
+    await second;
+    expect(sent).toEqual([['a', 'b'], ['c']]);
   });
 });

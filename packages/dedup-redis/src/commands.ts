@@ -137,13 +137,16 @@ export const forgetBatch =
     return redis.beetleForget(...args);
   };
 
-/** Batches of a plain command whose reply answers every message in it (`durable`: see `runDurable`). */
+/**
+ * Batches of a plain command whose reply answers every message in it (`durable`: see `runDurable`; `gate`:
+ * a closed batch waits for it, see `Batcher`).
+ */
 export const commandBatcher = <I>(
   connection: RedisConnection,
   operation: string,
   call: (redis: ScriptedRedis, items: readonly I[]) => Promise<unknown>,
   schedule: Schedule,
-  { durable = false }: { readonly durable?: boolean } = {},
+  { durable = false, gate }: { readonly durable?: boolean; readonly gate?: Schedule } = {},
 ): Batcher<I, undefined> =>
   new Batcher(
     async (items) => {
@@ -153,4 +156,5 @@ export const commandBatcher = <I>(
     },
     MAX_BATCH,
     schedule,
+    gate,
   );

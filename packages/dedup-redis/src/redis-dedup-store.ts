@@ -131,14 +131,18 @@ export class RedisDedupStore implements DedupStore {
     this.ackFlush = options.ackFlush ?? amqplibAckFlush;
     // Ruby's plain DEL when nothing outlives the cleanup, else the forget script (same single round trip).
     const keepsStatus = settings.statusKeyExpiryInterval > 0 || settings.completedStatusTtl > 0;
+    // A tick's cleanups close into one batch, which waits until the acks issued before it are written: a
+    // batch left open until the ack flush would take in cleanups whose acks came later.
+    const gate = { gate: this.ackFlush };
     this.deletions = keepsStatus
       ? commandBatcher(
           connection,
           'acknowledged',
           forgetBatch(this.intervalArg, this.completedTtlArg),
-          this.ackFlush,
+          thisTick,
+          gate,
         )
-      : commandBatcher(connection, 'acknowledged', deleteAllBatch, this.ackFlush);
+      : commandBatcher(connection, 'acknowledged', deleteAllBatch, thisTick, gate);
   }
 
   /** A store configured from core's configuration fields (Ruby names and units). */

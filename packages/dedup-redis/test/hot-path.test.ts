@@ -63,7 +63,11 @@ describe('the hot path of RedisDedupStore', () => {
     const refs = Array.from({ length: 200 }, () => ({ queue: 'hot-path-test', uuid: randomUUID() }));
     await Promise.all(refs.map((ref) => happyPath(store!, ref)));
     expect(timeouts).not.toHaveBeenCalled();
-    expect(intervals).toHaveBeenCalledTimes(1);
+    // One interval while calls wait; it stops at a sweep that finds none waiting, which can happen between two
+    // steps (e.g. while the cleanups wait for the ack flush), and starts again with the next call: a handful of
+    // intervals for 1000 calls, never one per call.
+    expect(intervals.mock.calls.length).toBeGreaterThanOrEqual(1);
+    expect(intervals.mock.calls.length).toBeLessThanOrEqual(5);
     expect(internals(store).waiting.size).toBe(0);
     // 1000 commands; those of one tick are written together (about one write per step of the 200 messages).
     expect(writes).toBeGreaterThan(0);

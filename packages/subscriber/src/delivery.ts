@@ -73,6 +73,8 @@ export class Deliveries implements DeliverySink {
   private readonly stopController = new AbortController();
   /** Handlers running at once (`subscriberConcurrency`). */
   private readonly slots: Slots;
+  /** Per queue, the runs of its handler at once, for handlers with their own `concurrency`. */
+  private readonly handlerSlots = new Map<string, Slots>();
   private readonly inFlight = new Set<Promise<void>>();
   /** The copies of each message in flight here, and recently completed ones (see `LocalCopies`). */
   private readonly copies: LocalCopies;
@@ -147,6 +149,7 @@ export class Deliveries implements DeliverySink {
   beginStop(): void {
     this.stopping = true;
     this.slots.close();
+    for (const slots of this.handlerSlots.values()) slots.close();
   }
 
   /** Deliveries waiting for a copy in flight are not started (redelivered when the channel closes). */
@@ -225,12 +228,19 @@ export class Deliveries implements DeliverySink {
           );
           return;
         }
-        // A free slot is taken synchronously (no await); otherwise wait in line for one.
-        if (!this.slots.tryAcquire() && !(await this.slots.acquire())) return;
+        // The handler's own slot first, so that deliveries waiting for it hold none of the shared ones.
+        const own = this.ownSlots(queue.name);
+        if (own !== undefined && !own.tryAcquire() && !(await own.acquire())) return;
         try {
-          result = await this.handle(server, channel, queue, delivery, decoded, line, observation);
+          // A free slot is taken synchronously (no await); otherwise wait in line for one.
+          if (!this.slots.tryAcquire() && !(await this.slots.acquire())) return;
+          try {
+            result = await this.handle(server, channel, queue, delivery, decoded, line, observation);
+          } finally {
+            this.slots.release();
+          }
         } finally {
-          this.slots.release();
+          own?.release();
         }
       } finally {
         if (line !== undefined && decoded.ok)
@@ -243,6 +253,19 @@ export class Deliveries implements DeliverySink {
       this.logger.error({ err: error, server, queue: queue.name }, 'unexpected error handling a delivery');
     }
     if (observation !== undefined) this.endObservation(observation, result);
+  }
+
+  /** The slots of a handler with its own `concurrency` (made on its first delivery). */
+  private ownSlots(queue: string): Slots | undefined {
+    const concurrency = this.handlers.get(queue)?.concurrency;
+    if (concurrency === undefined) return undefined;
+    let slots = this.handlerSlots.get(queue);
+    if (slots === undefined) {
+      slots = new Slots(concurrency);
+      if (this.stopping) slots.close();
+      this.handlerSlots.set(queue, slots);
+    }
+    return slots;
   }
 
   /** Starts observing a delivery; a telemetry that throws is logged and the delivery goes on unobserved. */

@@ -90,6 +90,11 @@ export type RetryOn = readonly ErrorClass[] | ((error: unknown) => boolean);
 /** Per-handler options (Ruby's `register_handler` options); durations in seconds. */
 export interface HandlerOptions extends RetryOptions {
   retryOn?: RetryOn;
+  /**
+   * Runs of this handler at once in this subscriber, within `subscriberConcurrency` (unset: no limit of its
+   * own). `1`: never two messages of this handler at the same time, whatever the prefetch.
+   */
+  concurrency?: number;
   /** Replaces the handler object's `error` hook. */
   errback?: (message: AnyMessage, error: unknown) => unknown;
   /** Replaces the handler object's `failure` hook. */
@@ -99,6 +104,8 @@ export interface HandlerOptions extends RetryOptions {
 /** A handler with normalized options, ready for the state machine. */
 export interface ResolvedHandler {
   readonly policy: RetryPolicy;
+  /** The handler's own bound on runs at once; undefined: only `subscriberConcurrency`. */
+  readonly concurrency: number | undefined;
   readonly retryOn: RetryOn | undefined;
   readonly preProcess: ((message: HandlerMessage) => unknown) | undefined;
   readonly process: (message: HandlerMessage, context: HandlerContext) => unknown;
@@ -111,7 +118,13 @@ export interface ResolvedHandler {
 /** Normalizes a handler and its options; throws `ConfigurationError` on invalid ones. */
 export function resolveHandler(handler: Handler, options: HandlerOptions = {}): ResolvedHandler {
   const policy = retryPolicy(options);
-  const { retryOn, errback, failback } = options;
+  const { retryOn, errback, failback, concurrency } = options;
+  if (concurrency !== undefined && !(Number.isSafeInteger(concurrency) && concurrency >= 1)) {
+    throw new ConfigurationError(
+      `handler option \`concurrency\` must be an integer >= 1, got ${String(concurrency)}`,
+      { key: 'concurrency' },
+    );
+  }
   if (retryOn !== undefined && typeof retryOn !== 'function' && !Array.isArray(retryOn)) {
     throw new ConfigurationError('handler option `retryOn` must be an array of error classes or a function', {
       key: 'retryOn',
@@ -120,6 +133,7 @@ export function resolveHandler(handler: Handler, options: HandlerOptions = {}): 
   if (typeof handler === 'function') {
     return {
       policy,
+      concurrency,
       retryOn,
       preProcess: undefined,
       process: handler,
@@ -134,6 +148,7 @@ export function resolveHandler(handler: Handler, options: HandlerOptions = {}): 
   }
   return {
     policy,
+    concurrency,
     retryOn,
     preProcess: handler.preProcess && ((message) => handler.preProcess?.(message)),
     process: (message, context) => handler.process(message, context),

@@ -98,12 +98,15 @@ describe('Subscriber against real brokers and Redis', () => {
     const redisPort = portOf(redisServer);
     // Each delivery's tag on its broker, from the subscriber's entry point.
     const tagsOf = new Map<string, string[]>(); // uuid -> ["port/tag", ...]
+    const deliveredOn = new Map<number, bigint[]>(); // port -> delivery tags
     const proto = Deliveries.prototype as unknown as Record<'onDelivery', (...args: unknown[]) => void>;
     const originalOnDelivery = proto.onDelivery;
     proto.onDelivery = function (this: unknown, ...args: unknown[]) {
       const [server, , , delivery] = args as [string, unknown, unknown, Delivery];
       const uuid = String(delivery.properties.messageId);
       tagsOf.set(uuid, [...(tagsOf.get(uuid) ?? []), `${portOf(server)}/${delivery.fields.deliveryTag}`]);
+      const port = portOf(server);
+      deliveredOn.set(port, [...(deliveredOn.get(port) ?? []), BigInt(delivery.fields.deliveryTag)]);
       return originalOnDelivery.apply(this, args);
     };
     // What reaches the sockets, in the order of the system calls: basic.ack frames and DEL commands.
@@ -114,7 +117,16 @@ describe('Subscriber against real brokers and Redis', () => {
       const at = ++writes;
       const data = Buffer.concat(chunks);
       if (brokerPorts.has(socket.remotePort ?? -1)) {
-        for (const tag of basicAckTags(data)) ackedAt.set(`${socket.remotePort}/${tag}`, at);
+        for (const { tag, multiple } of basicAcks(data)) {
+          if (!multiple) ackedAt.set(`${socket.remotePort}/${tag}`, at);
+          // basic.ack(multiple) acks every delivery up to its tag on that channel (one per broker here).
+          else {
+            for (const delivered of deliveredOn.get(socket.remotePort!) ?? []) {
+              const key = `${socket.remotePort}/${delivered}`;
+              if (delivered <= tag && !ackedAt.has(key)) ackedAt.set(key, at);
+            }
+          }
+        }
       } else if (socket.remotePort === redisPort) {
         for (const command of respCommands(data)) {
           // The cleanup: the forget script over the message ids (at the defaults, keeping the completed
@@ -390,9 +402,9 @@ describe('Subscriber against real brokers and Redis', () => {
   });
 });
 
-/** The delivery tags of the basic.ack frames in `data` (AMQP 0-9-1: method frame, class 60, method 80). */
-function basicAckTags(data: Buffer): bigint[] {
-  const tags: bigint[] = [];
+/** The basic.ack frames in `data` (AMQP 0-9-1: method frame, class 60, method 80): tag and `multiple` bit. */
+function basicAcks(data: Buffer): { tag: bigint; multiple: boolean }[] {
+  const tags: { tag: bigint; multiple: boolean }[] = [];
   let offset = 0;
   while (offset + 7 <= data.length) {
     const type = data[offset]!;
@@ -403,7 +415,7 @@ function basicAckTags(data: Buffer): bigint[] {
       data.readUInt16BE(offset + 7) === 60 &&
       data.readUInt16BE(offset + 9) === 80
     ) {
-      tags.push(data.readBigUInt64BE(offset + 11));
+      tags.push({ tag: data.readBigUInt64BE(offset + 11), multiple: (data[offset + 19]! & 1) === 1 });
     }
     offset += 7 + size + 1; // header, payload, frame end
   }

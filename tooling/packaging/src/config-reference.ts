@@ -6,6 +6,7 @@ const END = '<!-- config-reference:end -->';
 const cell = (text: string): string => text.replace(/\|/g, '\\|').replace(/\n/g, ' ');
 
 const show = (option: ConfigOptionInfo): string => {
+  if (option.defaultFrom !== undefined) return `= \`${option.defaultFrom}\``;
   const value = option.default as unknown;
   if (value === undefined) return '—';
   if (Array.isArray(value)) return `\`${value.join(',') || '""'}\``;

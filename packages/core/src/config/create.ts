@@ -1,5 +1,11 @@
 import { ConfigurationError } from '../errors.js';
-import { configOptions, optionInfo, type BeetleConfig, type BeetleConfigInput } from './options.js';
+import {
+  configOptions,
+  optionInfo,
+  type BeetleConfig,
+  type BeetleConfigInput,
+  type ConfigOptionInfo,
+} from './options.js';
 import { closest, describeValue, findOption, isPlainObject, normalizeOption } from './validate.js';
 
 const optionNames = configOptions.map((o) => o.name);
@@ -41,12 +47,18 @@ export function createConfig(...inputs: (BeetleConfigInput | undefined)[]): Beet
   });
 
   const config: Record<string, unknown> = {};
+  const derived: ConfigOptionInfo[] = [];
   for (const option of configOptions) {
+    if (option.defaultFrom !== undefined && !merged.has(option.name)) {
+      derived.push(option);
+      continue;
+    }
     // Defaults are frozen; normalizing copies them.
     config[option.name] = merged.has(option.name)
       ? merged.get(option.name)
       : normalizeOption(option, option.default, { key: option.name, label: `default of \`${option.name}\`` });
   }
+  for (const option of derived) config[option.name] = config[option.defaultFrom!];
   const result = config as unknown as BeetleConfig;
 
   if (result.servers.length === 0) {

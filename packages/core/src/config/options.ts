@@ -135,6 +135,10 @@ export interface BeetleConfig {
   readonly subscriberReconnectDelay: number;
   /** Subscriber heartbeat in seconds, `'server'` to accept the broker's value, 0 for none (Ruby's default). */
   readonly subscriberHeartbeat: number | ServerHeartbeat;
+  /**
+   * `basic.qos` prefetch of each consumer (one per queue and broker). Default 100 (Ruby: 1): with 1 a
+   * subscriber waits a broker round trip between messages.
+   */
   readonly prefetchCount: number;
   /** Seconds between queue length measurements while throttling. */
   readonly throttlingRefreshInterval: number;
@@ -153,7 +157,10 @@ export interface BeetleConfig {
   readonly publisherMaxInFlight: number;
   /** TS-only. Seconds after which a publish that cannot complete (including waiting for a slot) rejects. */
   readonly publishTimeout: number;
-  /** TS-only. Handlers running at once per subscriber (Ruby: 1, on the reactor thread). */
+  /**
+   * TS-only. Handlers running at once per subscriber (Ruby: 1, on the reactor thread). Unset, it is
+   * `prefetchCount`: a Ruby file's `prefetch_count: 1` keeps one handler at a time.
+   */
   readonly subscriberConcurrency: number;
   /**
    * A delivery to hand back (requeue) whose `x-delivery-count` reached this (or the queue's `x-delivery-limit`
@@ -220,6 +227,8 @@ interface OptionSpec<T> {
   readonly tsOnly?: boolean;
   /** Ruby's default where ours differs on purpose. */
   readonly rubyDefault?: T;
+  /** Unset, the option takes the value of this one (after merging), not `default`. */
+  readonly defaultFrom?: OptionName;
 }
 
 /** Metadata of one option, for documentation and the CLI's `config` command. */
@@ -382,7 +391,15 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     description:
       'subscriber heartbeat; `server` accepts the broker value (dead connections are noticed), 0 turns heartbeats off',
   },
-  prefetchCount: int(1, 1, 65535, 'basic.qos prefetch per subscriber channel'),
+  prefetchCount: {
+    ...int(
+      100,
+      1,
+      65535,
+      "basic.qos prefetch: unacked deliveries per queue and broker; 1 keeps Ruby's one message at a time",
+    ),
+    rubyDefault: 1,
+  },
   throttlingRefreshInterval: secs(60, 'how often queue lengths are measured while throttling'),
   publisherConfirms: {
     ...bool(true, 'wait for broker confirms on publish (TS default true, Ruby false)'),
@@ -402,7 +419,16 @@ const specs: { readonly [K in OptionName]: OptionSpec<BeetleConfig[K]> } = {
     ...secs(30, 'a publish that cannot complete (including waiting for a slot) rejects after this'),
     tsOnly: true,
   },
-  subscriberConcurrency: { ...int(1, 1, undefined, 'handlers running at once per subscriber'), tsOnly: true },
+  subscriberConcurrency: {
+    ...int(
+      100,
+      1,
+      undefined,
+      'handlers running at once per subscriber; unset: `prefetchCount`, so `prefetch_count: 1` runs one at a time as in Ruby (per handler: the handler option `concurrency`)',
+    ),
+    defaultFrom: 'prefetchCount',
+    tsOnly: true,
+  },
   requeueRefreshDeliveryCount: {
     ...int(
       10,

@@ -11,8 +11,11 @@
 export type AckFlush = (flush: () => void) => void;
 
 /**
- * When acks sent through amqplib (what `@beetle/broker-amqp` uses) have reached the socket: amqplib hands a
- * tick's frames to the socket in the check phase, from an immediate its muxer schedules in a later tick of
- * the ack (the stream's 'readable'); an immediate scheduled from a later tick still runs after it.
+ * When acks sent through `@beetle/broker-amqp` (on amqplib) have reached the socket. The consumer channel
+ * writes a loop turn's acks from an immediate (check phase); amqplib hands them to the socket from an
+ * immediate its muxer schedules in a later tick of that write (the stream's 'readable'), so in the next
+ * turn's check phase. An immediate scheduled from a later tick than an ack, and from there one more, runs
+ * after both.
  */
-export const amqplibAckFlush: AckFlush = (flush) => process.nextTick(() => setImmediate(flush));
+export const amqplibAckFlush: AckFlush = (flush) =>
+  process.nextTick(() => setImmediate(() => setImmediate(flush)));

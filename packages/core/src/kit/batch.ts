@@ -23,11 +23,15 @@ export class Batcher<I, R> {
   /**
    * @param send sends one batch (at most `maxItems` items) and resolves with one result per item, in order:
    *   an `Error` fails that item alone; a rejection fails every item of the batch.
+   * @param gate once `schedule` closed a batch, it is sent only when `gate` calls back (an `AckFlush`: after
+   *   the acks issued before the close were written); items added meanwhile go into the next batch, which
+   *   waits for its own gate.
    */
   constructor(
     private readonly send: (items: readonly I[]) => Promise<readonly (R | Error)[]>,
     private readonly maxItems: number,
     private readonly schedule: Schedule,
+    private readonly gate?: Schedule,
   ) {}
 
   add(item: I): Promise<R> {
@@ -44,10 +48,15 @@ export class Batcher<I, R> {
     this.scheduled = false;
     const entries = this.pending;
     this.pending = [];
+    if (this.gate === undefined) this.sendAll(entries);
+    else this.gate(() => this.sendAll(entries));
+  };
+
+  private sendAll(entries: readonly Entry<I, R>[]): void {
     for (let start = 0; start < entries.length; start += this.maxItems) {
       this.sendBatch(entries.length <= this.maxItems ? entries : entries.slice(start, start + this.maxItems));
     }
-  };
+  }
 
   private sendBatch(entries: readonly Entry<I, R>[]): void {
     this.send(entries.map((entry) => entry.item)).then(
