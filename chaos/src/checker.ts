@@ -19,6 +19,10 @@ export class Tally {
   readonly history = new Map<string, string[]>();
   /** ids held in a handler to be SIGKILLed there. */
   readonly held = new Set<string>();
+  /** Consumer pids that held a handler to be SIGKILLed (the victims of `consumer-kill`). */
+  readonly killedPids = new Set<number>();
+  /** id → pids that finished processing a delivery of it (`P`: the store and the broker were told). */
+  readonly processedBy = new Map<string, Set<number>>();
   totalCompletions = 0;
   malformed = 0;
 
@@ -32,9 +36,16 @@ export class Tally {
       return;
     }
     switch (kind) {
-      case 'P':
+      case 'P': {
+        let pids = this.processedBy.get(id);
+        if (pids === undefined) {
+          pids = new Set();
+          this.processedBy.set(id, pids);
+        }
+        pids.add(Number(a));
         this.note(id, ms, `pid ${a} ${c} ${b} ${d}${e === '1' ? ' redelivered' : ''}`);
         break;
+      }
       case 'A':
         this.attempted.set(id, ms);
         break;
@@ -49,6 +60,7 @@ export class Tally {
         break;
       case 'H':
         this.held.add(id);
+        this.killedPids.add(Number(a));
         this.note(id, ms, `pid ${a} handler held (to be SIGKILLed)`);
         break;
       case 'D': {
@@ -120,8 +132,15 @@ export interface Verdict {
   readonly completions: number;
   /** Confirmed, never completed. */
   readonly lost: number;
-  /** Completed more than once. */
+  /** Completed more than once (not counting `rerunAfterKill`). */
   readonly duplicated: number;
+  /**
+   * Completed more than once, where every completion but the last was made by a consumer that was then
+   * SIGKILLed before it finished processing that delivery (no `P` record): the handler had returned, the
+   * store had not recorded it yet. At-least-once, as promised; only possible with `--concurrency` > 1 (the
+   * other handlers running in the killed process).
+   */
+  readonly rerunAfterKill: number;
   /** Completed, never published. */
   readonly unexpected: number;
   /** Not confirmed but completed (fine: the publish's outcome was unknown). */
@@ -162,12 +181,19 @@ export function judge(tally: Tally): Verdict {
     if (started !== undefined) latencies.push(first - started);
   }
   let duplicated = 0;
+  let rerunAfterKill = 0;
   let unexpected = 0;
   let indeterminate = 0;
   const duplicatedIds: Verdict['duplicatedIds'] = [];
   const unexpectedIds: string[] = [];
   for (const [id, done] of tally.completions) {
-    if (done.length > 1) {
+    const cutOff = (c: { pid: number }): boolean =>
+      tally.killedPids.has(c.pid) && !(tally.processedBy.get(id)?.has(c.pid) ?? false);
+    // Records of different workers are read file by file: order the completions by time.
+    const inOrder = [...done].sort((x, y) => x.at - y.at);
+    if (done.length > 1 && inOrder.slice(0, -1).every(cutOff)) {
+      rerunAfterKill++;
+    } else if (done.length > 1) {
       duplicated++;
       if (duplicatedIds.length < SHOWN_IDS)
         duplicatedIds.push({
@@ -199,6 +225,7 @@ export function judge(tally: Tally): Verdict {
     completions: tally.totalCompletions,
     lost,
     duplicated,
+    rerunAfterKill,
     unexpected,
     indeterminate,
     lostIds,

@@ -2,7 +2,8 @@
  * `pnpm chaos [--messages M] [--duration S] [--seed N] [--publishers P] [--consumers C]
  *             [--faults kill-broker,n-1-down,redis-stop,redis-promote,consumer-kill,broker-pause,
  *                       sentinel-failover,mixed|none]
- *             [--max-faults K] [--drain S] [--base-port PORT] [--concurrency N] [--status-key-expiry S]
+ *             [--max-faults K] [--drain S] [--base-port PORT] [--concurrency N|default] [--prefetch N|default]
+ *             [--status-key-expiry S]
  *             [--completed-status-ttl S]
  *             [--redis file|sentinel]
  *             [--keep] [--keep-services] [--json]`
@@ -17,7 +18,8 @@ import { randomSeed } from './prng.js';
 
 const USAGE = `usage: pnpm chaos [--messages 1000] [--duration 60] [--seed N] [--publishers 1] [--consumers 2]
                   [--faults ${ALL_FAULTS.join(',')},mixed|none] [--max-faults K] [--drain 90]
-                  [--base-port 5690] [--concurrency 1] [--status-key-expiry 0] [--completed-status-ttl 600]
+                  [--base-port 5690] [--concurrency 1|default] [--prefetch 5|default] [--status-key-expiry 0]
+                  [--completed-status-ttl 600]
                   [--redis file|sentinel] [--keep] [--keep-services] [--json]`;
 
 function fail(message: string): never {
@@ -29,6 +31,14 @@ function number(name: string, value: string | undefined, fallback: number): numb
   if (value === undefined) return fallback;
   const n = Number(value);
   if (!Number.isFinite(n) || n < 0) fail(`--${name}: not a non-negative number: ${value}`);
+  return n;
+}
+
+/** A positive integer, or `default` (the library's default). */
+function countOrDefault(name: string, value: string | undefined, fallback: number): number | 'default' {
+  if (value === 'default') return 'default';
+  const n = Math.floor(number(name, value, fallback));
+  if (n < 1) fail(`--${name}: must be at least 1 or "default": ${value}`);
   return n;
 }
 
@@ -49,7 +59,7 @@ export function formatResult(result: ChaosResult): string {
   const s = result.settings;
   const lines = [
     `chaos seed=${result.seed} messages=${s.messages} duration=${s.duration}s publishers=${s.publishers} ` +
-      `consumers=${s.consumers} faults=${s.faults}`,
+      `consumers=${s.consumers} faults=${s.faults} prefetch=${s.prefetch} concurrency=${s.concurrency}`,
     `brokers ${s.servers.join(', ')}; queue ${s.queue}`,
     `fault schedule (${result.faultsInjected.length}):`,
     ...result.faultsInjected.map(
@@ -67,6 +77,7 @@ export function formatResult(result: ChaosResult): string {
             .join(', ')}`
         : ''
     }`,
+    `rerun after a kill: ${result.rerunAfterKill} (handler returned, consumer SIGKILLed before the store recorded it; at-least-once)`,
     `unexpected:  ${result.unexpected}${result.unexpectedIds.length > 0 ? `  e.g. ${result.unexpectedIds.slice(0, 5).join(', ')}` : ''}`,
     `indeterminate: ${result.indeterminate} (not confirmed, delivered anyway)`,
     `throughput:  publish ${result.publishRate} msgs/s, consume ${result.consumeRate} msgs/s`,
@@ -103,6 +114,7 @@ async function main(): Promise<void> {
         drain: { type: 'string' },
         'base-port': { type: 'string' },
         concurrency: { type: 'string' },
+        prefetch: { type: 'string' },
         'status-key-expiry': { type: 'string' },
         'completed-status-ttl': { type: 'string' },
         redis: { type: 'string' },
@@ -146,7 +158,8 @@ async function main(): Promise<void> {
       ...(maxFaults === undefined ? {} : { maxFaults }),
       drainTimeout: number('drain', v.drain, 90),
       ports: portsFrom(Math.floor(number('base-port', v['base-port'], 5690))),
-      concurrency: Math.floor(number('concurrency', v.concurrency, 1)),
+      concurrency: countOrDefault('concurrency', v.concurrency, 1),
+      prefetch: countOrDefault('prefetch', v.prefetch, 5),
       statusKeyExpiry: Math.floor(number('status-key-expiry', v['status-key-expiry'], 0)),
       completedStatusTtl: Math.floor(number('completed-status-ttl', v['completed-status-ttl'], 600)),
       ...(v.redis === undefined ? {} : { redis: redisOption(v.redis) }),

@@ -298,6 +298,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         publishers: options.publishers,
         consumers: options.consumers,
         faults: faultsLabel,
+        prefetch: system.prefetch,
+        concurrency: system.concurrency,
         servers: services.servers,
         queue,
       },

@@ -27,9 +27,9 @@ export interface SystemSettings {
   readonly attempts: number;
   readonly handlerTimeout: number;
   readonly handlerDelay: number;
-  /** Handlers running at once per consumer process. */
-  readonly concurrency: number;
-  readonly prefetch: number;
+  /** Handlers running at once per consumer process; `default`: left to the library. */
+  readonly concurrency: number | 'default';
+  readonly prefetch: number | 'default';
   /** `redisStatusKeyExpiryInterval` of the consumers (0 = Ruby's default). */
   readonly statusKeyExpiry: number;
   /** `redisCompletedStatusTtl` of the consumers (600 = Beetle's default, 0 = Ruby's behaviour). */
@@ -121,8 +121,8 @@ export function workerConfig(settings: SystemSettings): BeetleConfig {
     subscriberReconnectDelay: 0.5,
     subscriberReconnectMaxDelay: 5,
     rejectRequeueDelay: 0.5,
-    prefetchCount: settings.prefetch,
-    subscriberConcurrency: settings.concurrency,
+    prefetchCount: settings.prefetch === 'default' ? undefined : settings.prefetch,
+    subscriberConcurrency: settings.concurrency === 'default' ? undefined : settings.concurrency,
     stopTimeout: 5,
   });
 }

@@ -23,12 +23,15 @@ export interface ChaosOptions {
   readonly ports?: ClusterPorts;
   /** Services to reuse (left running, healed and cleaned); otherwise the run starts and stops its own. */
   readonly cluster?: Cluster;
-  /** Handler settings (defaults: attempts 3, timeout 3 s, delay 1 s, concurrency 1, prefetch 5). */
+  /**
+   * Handler settings (defaults: attempts 3, timeout 3 s, delay 1 s, concurrency 1, prefetch 5); `default`:
+   * the library's own (`prefetchCount` 100, `subscriberConcurrency` following it).
+   */
   readonly attempts?: number;
   readonly handlerTimeout?: number;
   readonly handlerDelay?: number;
-  readonly concurrency?: number;
-  readonly prefetch?: number;
+  readonly concurrency?: number | 'default';
+  readonly prefetch?: number | 'default';
   /**
    * Where consumers find the Redis master: `file` (the master file, `redis-promote` rewrites it) or
    * `sentinel` (three Sentinels, `sentinel://`, `redisWaitReplicas` 1). Default `sentinel` when the faults name
@@ -63,6 +66,9 @@ export interface ChaosResult extends Verdict {
     readonly publishers: number;
     readonly consumers: number;
     readonly faults: string;
+    /** The consumers' prefetch and handlers at once (`default`: the library's). */
+    readonly prefetch: number | 'default';
+    readonly concurrency: number | 'default';
     readonly servers: readonly string[];
     readonly queue: string;
   };

@@ -53,6 +53,36 @@ describe('checker', () => {
     expect(verdict.latencyMs).toEqual({ p50: 50, p95: 100, p99: 100, max: 100 });
   });
 
+  it('tells a rerun after a kill (completed, killed before processing finished) from a duplicate', () => {
+    const verdict = judge(
+      tallyOf([
+        // pid 11 held "held" and was SIGKILLed; "cut" had completed there, unrecorded: run again by 12.
+        'H held 1000 11',
+        'A cut 900',
+        'C cut 910 2',
+        'D cut 1001 11 1 127.0.0.1:5690',
+        'D cut 5000 12 2 127.0.0.1:5691',
+        'P cut 5001 12 OK 127.0.0.1:5691 acked 1',
+        // "done" had also finished processing in pid 11 (P): running it again is a duplicate.
+        'A done 900',
+        'C done 910 2',
+        'D done 950 11 1 127.0.0.1:5690',
+        'P done 951 11 OK 127.0.0.1:5690 acked 0',
+        'D done 5000 12 1 127.0.0.1:5691',
+        // Completed by a pid never killed, then again: a duplicate.
+        'A twice 900',
+        'C twice 910 2',
+        'D twice 5000 12 1 127.0.0.1:5691',
+        'D twice 950 13 1 127.0.0.1:5690',
+        'A held 900',
+        'C held 910 2',
+        'D held 6000 12 2 127.0.0.1:5691',
+      ]),
+    );
+    expect(verdict).toMatchObject({ lost: 0, duplicated: 2, rerunAfterKill: 1, unexpected: 0 });
+    expect(verdict.duplicatedIds.map((d) => d.id).sort()).toEqual(['done', 'twice']);
+  });
+
   it('counts malformed lines and pending confirmed ids', () => {
     const tally = tallyOf(['A a 1', 'C a 2 2', 'A b 1', 'C b 2 2', 'D a 3 1 1 s', 'X y 1', 'garbage']);
     expect(tally.pending()).toBe(1);
