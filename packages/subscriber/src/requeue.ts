@@ -8,7 +8,9 @@
  *
  * - `Delayed` knows when the message is ready (the store's `delay`): the delivery is held until then;
  * - otherwise the hold doubles with each sighting of the same message (`base`, `2 × base`, `4 × base`, ...),
- *   kept in a bounded map, and never beyond the time after which the message counts as timed out;
+ *   kept in a bounded map, and never beyond the time after which the message counts as timed out; but the
+ *   first `HandlerNotYetTimedOut` sighting (typically the twin copy racing a running handler in another
+ *   process) is held only 50 ms;
  * - always capped at `rejectRequeueMaxDelay`, which bounds how late a copy notices that the message is done.
  *
  * Holding costs one prefetch slot for the hold; see the subscriber README for when that is paid.
@@ -24,6 +26,9 @@ export interface RejectReason {
    */
   readonly readyAt: number | undefined;
 }
+
+/** The hold of the first `HandlerNotYetTimedOut` sighting of a message (ms), at most the base delay. */
+export const FIRST_NOT_YET_TIMED_OUT_HOLD_MS = 50;
 
 /** At most this many messages are paced; the least recently seen is forgotten first. */
 export const MAX_PACED_MESSAGES = 10_000;
@@ -73,6 +78,11 @@ export class RequeuePacing {
     let hold: number;
     if (reason.outcome === Outcome.Delayed && untilReady !== undefined) {
       hold = untilReady;
+    } else if (count === 0 && !skipFirst && reason.outcome === Outcome.HandlerNotYetTimedOut) {
+      // Most often the twin copy, handled by another consumer process at this moment: its handler is usually
+      // done within a few ms, so this copy goes back soon (and is then acked as completed) instead of holding
+      // a prefetch slot for the whole base delay. A long handler costs one requeue more per episode.
+      return Math.min(this.baseMs, FIRST_NOT_YET_TIMED_OUT_HOLD_MS);
     } else {
       const exponent = skipFirst ? count - 1 : count;
       hold = exponent < 0 ? 0 : this.baseMs * 2 ** Math.min(exponent, 30);
