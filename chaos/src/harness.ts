@@ -198,12 +198,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     };
     nemesis = runNemesis(
       nemesisPrng,
-      {
-        faults: options.faults,
-        brokers: services.brokers.length,
-        consumers: options.consumers,
-        ...(options.maxFaults === undefined ? {} : { maxFaults: options.maxFaults }),
-      },
+      // The printed plan's options: with Sentinels, `mixed` draws sentinel-failover, not redis-promote.
+      { ...planOptions, ...(options.maxFaults === undefined ? {} : { maxFaults: options.maxFaults }) },
       { cluster: services, killConsumerMidHandler, log, elapsed, sleep },
       () => publishing && !signal?.aborted,
     );
