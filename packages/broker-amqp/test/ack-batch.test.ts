@@ -177,21 +177,25 @@ describe('AmqpConsumerChannel acks on a real broker', () => {
       await new Promise((resolve) => setTimeout(resolve, 50));
       const before = socket.bytesWritten;
       for (const d of received) consumer.ack(d);
-      const seen = await new Promise<{ oneImmediate: number; flush: number }>((resolve) => {
+      const seen = await new Promise<{ oneImmediate: number; flush: number; pending: number }>((resolve) => {
         let oneImmediate = -1;
         // The flush used before acks were batched: too early now.
         process.nextTick(() => setImmediate(() => (oneImmediate = socket.bytesWritten)));
         amqplibAckFlush(() => {
           const flush = socket.bytesWritten;
-          // What a kill -9 right now would leave: only what the socket already has reaches the broker.
+          // bytesWritten counts bytes still in the stream's buffer (corked or queued) too: none may be left.
+          const pending = socket.writableLength;
+          // What a kill -9 right now would leave: only what the kernel already has reaches the broker.
           socket.destroy();
-          resolve({ oneImmediate, flush });
+          resolve({ oneImmediate, flush, pending });
         });
       });
       expect(seen.oneImmediate).toBe(before);
       expect(seen.flush - before).toBe(21); // one basic.ack(multiple) frame for all 50
+      expect(seen.pending).toBe(0);
       // Every ack made it, though the socket was destroyed at once: nothing goes back on the queue.
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      // The broker requeues what it holds unacked once it has seen the connection close; give it time to.
+      await new Promise((resolve) => setTimeout(resolve, 1000));
       expect(await queueLength(server, queue)).toBe(0);
     } finally {
       socket.destroy();

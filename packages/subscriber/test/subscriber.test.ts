@@ -23,6 +23,7 @@ import { getEventListeners } from 'node:events';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, flush, rawDelivery, recordingStore, warningsLogger } from './helpers.js';
 import { HOLD_MS } from '../src/copies.js';
+import { FIRST_NOT_YET_TIMED_OUT_HOLD_MS } from '../src/requeue.js';
 
 /** A consumer channel that records everything and lets the test deliver messages or kill it. */
 class FakeChannel implements SubscriberChannel {
@@ -358,7 +359,7 @@ describe('Subscriber: deliveries', () => {
     await sub.stop();
   });
 
-  it('requeue: a copy in progress elsewhere is held longer with each redelivery (1 s, 2 s, 4 s)', async () => {
+  it('requeue: a copy in progress elsewhere goes back soon the first time, then is held 2 s, 4 s', async () => {
     const sub = subscriber();
     sub.register('orders', () => undefined, { attempts: 2, timeout: 60 });
     await sub.listen();
@@ -374,10 +375,11 @@ describe('Subscriber: deliveries', () => {
       const tag = channel.deliver('orders', 'x', message);
       await flush();
       const start = clock.nowMs();
-      while (!channel.rejected.some((r) => r.tag === tag)) await clock.advance(250);
+      while (!channel.rejected.some((r) => r.tag === tag)) await clock.advance(50);
       heldFor.push(clock.nowMs() - start);
     }
-    expect(heldFor).toEqual([1000, 2000, 4000]);
+    // The first sighting is most often the twin copy, whose handler is about to finish (requeue.ts).
+    expect(heldFor).toEqual([FIRST_NOT_YET_TIMED_OUT_HOLD_MS, 2000, 4000]);
     expect(channel.rejected.every((r) => r.requeue)).toBe(true);
     expect(processed.map((p) => p.outcome)).toEqual(Array(3).fill(Outcome.HandlerNotYetTimedOut));
     await sub.stop();
