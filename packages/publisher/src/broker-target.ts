@@ -238,6 +238,18 @@ export class BrokerTarget {
     return result;
   }
 
+  /**
+   * Declares `exchange` once its queues are set up (`setupQueuesAndPolicies`) and counts it prepared on this
+   * connection, so that the first publish to it declares nothing: a declaration waits behind the broker's
+   * work, and at the start of a publish flood it can take longer than the operation timeout.
+   */
+  async setupExchange(declarer: TopologyDeclarer, exchange: string): Promise<void> {
+    this.current();
+    await this.exchanges.run(exchange, () =>
+      declarer.declareExchange(this.context.topology.exchange(exchange)),
+    );
+  }
+
   /** Lazy queue setup on this broker: the exchange's queues (with policies), then the exchange itself. */
   private async prepareExchange(connection: PublisherConnection, exchange: string): Promise<void> {
     const { config, topology } = this.context;

@@ -279,7 +279,9 @@ export class Publisher<M extends MessageMap = MessageMap> {
    * Declares all registered queues (with dead letter queues, bindings and policies, incl. the policy queue) on
    * every broker, brokers in parallel. Resolves with a per-broker report when everything worked; rejects with
    * `QueueSetupError` (carrying the same report) if a declaration failed on some broker or a policy could not be
-   * applied/published. Every failure is also logged.
+   * applied/published. Every failure is also logged. Then declares every registered exchange: until a
+   * publishing connection is lost, publishes after it declare nothing (call it at start-up to keep
+   * declarations out of the first publishes).
    */
   async setupQueuesAndPolicies(): Promise<BrokerSetupReport[]> {
     const errors: unknown[] = [];
@@ -294,6 +296,8 @@ export class Publisher<M extends MessageMap = MessageMap> {
             queues.push(result);
             if (result.policy === 'failed') errors.push(result.policyError);
           }
+          for (const exchange of this.topology.exchanges())
+            await target.setupExchange(declarer, exchange.name);
           return { server, queues };
         } catch (error) {
           errors.push(error);

@@ -339,6 +339,55 @@ describe('Publisher', () => {
     expect(await queueExists(s2, name)).toBe(true);
   });
 
+  it('after setupQueuesAndPolicies the first publishes declare nothing (a declaration can time out behind a flood)', async () => {
+    const name = `bt-setupx-${uid()}`;
+    const cfg = config({ servers: [s1] });
+    const real = new BrokerPool(cfg);
+    const declarations: string[] = [];
+    const counting = (declarer: object): object =>
+      new Proxy(declarer, {
+        get(target, key) {
+          const value: unknown = Reflect.get(target, key, target);
+          if (typeof value !== 'function') return value;
+          return (...args: unknown[]) => {
+            if (String(key).startsWith('declare') || key === 'bindQueue') declarations.push(String(key));
+            return (value as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      });
+    const wrapped = new Map<string, BrokerConnection>();
+    const pool = new (class extends BrokerPool {
+      override get(server: string): BrokerConnection {
+        const connection = real.get(server);
+        let proxy = wrapped.get(server);
+        if (proxy === undefined) {
+          proxy = new Proxy(connection, {
+            get(target, key) {
+              if (key === 'declarer') return async () => counting(await target.declarer());
+              const value: unknown = Reflect.get(target, key, target);
+              return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+            },
+          });
+          wrapped.set(server, proxy);
+        }
+        return proxy;
+      }
+    })(cfg);
+    const p = new Publisher({ config: cfg, topology: setup(name, { redundant: false }), pool });
+    try {
+      await p.setupQueuesAndPolicies();
+      expect(declarations).toContain('declareExchange');
+      declarations.length = 0;
+      expect(await p.publish(name, 'a')).toBe(1);
+      expect(await p.publish(name, 'b')).toBe(1);
+      expect(declarations).toEqual([]);
+      expect((await drain(s1, name)).map((m) => m.content.toString())).toEqual(['a', 'b']);
+    } finally {
+      await p.close();
+      await real.close();
+    }
+  });
+
   it('setupQueuesAndPolicies rejects with a report naming the failed broker', async () => {
     const name = `bt-setupf-${uid()}`;
     const p = publisher(setup(name), { servers: [s1, UNREACHABLE] });
