@@ -204,12 +204,18 @@ export function busyPercent(
 /** Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux). */
 const USER_HZ = 100;
 
+/** CPU seconds (user + system) used so far by each RabbitMQ node (`beam.smp`) and Redis server, by pid. */
+export type ServiceCpu = ReadonlyMap<
+  number,
+  { readonly kind: 'brokers' | 'redis'; readonly seconds: number }
+>;
+
 /**
- * CPU seconds (user + system) used so far by the machine's RabbitMQ nodes (`beam.smp`) and Redis servers
- * (`redis-server`), from `/proc` (zeros where unavailable). Replicas count: they work for every write too.
+ * CPU seconds of the machine's RabbitMQ nodes and Redis servers (replicas count: they work for every write
+ * too), from `/proc` (empty where unavailable); `serviceCpuSince` turns two readings into a difference.
  */
-export function serviceCpu(): { brokers: number; redis: number } {
-  const total = { brokers: 0, redis: 0 };
+export function serviceCpu(): ServiceCpu {
+  const total = new Map<number, { kind: 'brokers' | 'redis'; seconds: number }>();
   let entries: string[];
   try {
     entries = readdirSync('/proc');
@@ -224,10 +230,22 @@ export function serviceCpu(): { brokers: number; redis: number } {
       const kind = name === 'beam.smp' ? 'brokers' : name === 'redis-server' ? 'redis' : undefined;
       if (kind === undefined) continue;
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      total[kind] += (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+      total.set(Number(pid), { kind, seconds: (Number(fields[11]) + Number(fields[12])) / USER_HZ });
     } catch {
       // the process ended meanwhile
     }
   }
   return total;
+}
+
+/**
+ * CPU seconds the services used between `before` and now, per kind. Per process, so that a node stopped or
+ * started meanwhile (another run killing brokers) does not make the figure negative; a new one counts whole.
+ */
+export function serviceCpuSince(before: ServiceCpu): { brokers: number; redis: number } {
+  const used = { brokers: 0, redis: 0 };
+  for (const [pid, now] of serviceCpu()) {
+    used[now.kind] += now.seconds - (before.get(pid)?.seconds ?? 0);
+  }
+  return used;
 }

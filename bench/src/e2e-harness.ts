@@ -1,6 +1,6 @@
 /** What the end-to-end benchmarks (raw ceiling and Beetle) have in common. */
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
-import { busyPercent, machineCpu, percentile, round, serviceCpu } from './common.js';
+import { busyPercent, machineCpu, percentile, round, serviceCpu, serviceCpuSince } from './common.js';
 
 export interface E2eRun {
   /** Messages per second: N messages published (both copies) until both copies of every message were acked. */
@@ -57,10 +57,10 @@ export function summarize(
 ): E2eRun {
   meters.loop.disable();
   const cpu = process.cpuUsage(meters.cpu);
-  const services = serviceCpu();
+  const services = serviceCpuSince(meters.services);
   return {
-    brokerCpuUs: round(((services.brokers - meters.services.brokers) * 1e6) / messages, 1),
-    redisCpuUs: round(((services.redis - meters.services.redis) * 1e6) / messages, 1),
+    brokerCpuUs: round((services.brokers * 1e6) / messages, 1),
+    redisCpuUs: round((services.redis * 1e6) / messages, 1),
     machineBusy: busyPercent(meters.machine, machineCpu()),
     loopDelayP50: round(meters.loop.percentile(50) / 1e6, 1),
     loopDelayP99: round(meters.loop.percentile(99) / 1e6, 1),
