@@ -24,7 +24,7 @@ import {
   sleep,
   suffix,
 } from './common.js';
-import type { ConsumeReport, PublishDone, WorkerSpec } from './worker.js';
+import type { ConsumeReport, ConsumeSpec, PublishDone, WorkerSpec } from './worker.js';
 
 export interface DeploymentSpec {
   /** Raw amqplib (in-memory dedup) or Beetle (Redis); `beetle-defaults`: a `Client` with nothing tuned. */
@@ -38,7 +38,7 @@ export interface DeploymentSpec {
   readonly consumers?: number;
   readonly bodyBytes?: number;
   /** Beetle consumers: settings over the defaults (investigations). */
-  readonly beetleSettings?: { readonly prefetchCount?: number; readonly subscriberConcurrency?: number };
+  readonly beetleSettings?: ConsumeSpec['beetleSettings'];
   /** e2e only: open loop at this rate (messages per second). */
   readonly rate?: number;
 }

@@ -29,6 +29,7 @@ import {
   reportE2e,
   reportScale,
   scaleStep,
+  verdict,
   type Comparison,
   type DefaultsResult,
   type E2eResult,
@@ -103,7 +104,6 @@ const options: BenchOptions = {
 const out = (line: string): void => {
   if (!values.json) process.stdout.write(`${line}\n`);
 };
-const verdict = (ok: boolean): string => (ok ? 'MET' : 'MISSED');
 
 interface PublishModeResult {
   beetle: number;

@@ -240,7 +240,7 @@ export async function scaleStep(ctx: StepContext, thirdServer: string | undefine
   return figures;
 }
 
-const verdict = (ok: boolean): string => (ok ? 'MET' : 'MISSED');
+export const verdict = (ok: boolean): string => (ok ? 'MET' : 'MISSED');
 
 const cpuLine = (r: DeploymentRun): string =>
   `consumer ${r.consumerCpuUs} + publisher ${r.publisherCpuUs} + brokers ${r.brokerCpuUs} + Redis ${r.redisCpuUs} = ` +

@@ -44,6 +44,9 @@ const stderrLogger: Logger = {
   error: line('error'),
 };
 
+/** The raw consumer's prefetch per channel: Beetle's default `prefetchCount`. */
+const RAW_PREFETCH = 100;
+
 export interface PublishSpec {
   readonly role: 'publish';
   readonly kind: 'raw' | 'beetle';
@@ -63,8 +66,6 @@ export interface ConsumeSpec {
   readonly servers: readonly string[];
   readonly queues: readonly string[];
   readonly redisServer: string;
-  /** Raw consumer's prefetch per channel (Beetle's own default, 100, unless given). */
-  readonly prefetch?: number;
   /** Connect and consume only when told `go` (a backlog run times the consumer from there). */
   readonly waitForGo: boolean;
   /** Beetle consumers: settings over the library's defaults. */
@@ -76,9 +77,7 @@ export type WorkerSpec = PublishSpec | ConsumeSpec;
 export interface PublishDone {
   readonly type: 'done';
   readonly startedAt: number;
-  readonly endedAt: number;
   readonly cpuUs: number;
-  readonly peakRssMb: number;
 }
 
 export interface ConsumeReport {
@@ -97,14 +96,13 @@ export interface ConsumeReport {
   /** Process CPU (user + system) from the first handler run to the report, microseconds in all. */
   readonly cpuUs: number;
   readonly peakRssMb: number;
-  readonly rssMb: number;
   /** Publish → handler completion of the copies that ran the handler, ms. */
   readonly latencyP50: number;
   readonly latencyP99: number;
   readonly outcomes: Record<string, number>;
 }
 
-export const now = (): number => performance.timeOrigin + performance.now();
+const now = (): number => performance.timeOrigin + performance.now();
 
 const emit = (line: object): void => {
   process.stdout.write(`${JSON.stringify(line)}\n`);
@@ -167,7 +165,8 @@ async function publish(spec: PublishSpec): Promise<void> {
     const topology = new Topology();
     for (const queue of spec.queues)
       topology.registerQueue(queue).registerMessage(queue, { redundant: true });
-    // Beetle's defaults (publisherMaxInFlight 1000 = the raw window), a longer timeout for 1 MB bodies.
+    // Beetle's defaults (publisherMaxInFlight 1000 = the raw window, operationTimeout 5 s for each confirm);
+    // publishTimeout also bounds the wait for a window slot, which with 1 MB bodies can exceed the default.
     const publisher = new Publisher({
       config: createConfig({ servers: [...spec.servers], publishTimeout: 120 }),
       topology,
@@ -186,14 +185,7 @@ async function publish(spec: PublishSpec): Promise<void> {
   await (spec.rate === undefined
     ? drive(spec.messages, WINDOW, send)
     : drivePaced(spec.messages, spec.rate, WINDOW, send));
-  const endedAt = now();
-  const done: PublishDone = {
-    type: 'done',
-    startedAt,
-    endedAt,
-    cpuUs: cpuTotal(cpu),
-    peakRssMb: peakRssMb(),
-  };
+  const done: PublishDone = { type: 'done', startedAt, cpuUs: cpuTotal(cpu) };
   await close();
   emit(done);
 }
@@ -225,7 +217,7 @@ async function consumeRaw(spec: ConsumeSpec, counters: Counters): Promise<() => 
     const { connection } = await rawBroker(server);
     connections.push(connection);
     const channel = await connection.createChannel();
-    await channel.prefetch(spec.prefetch ?? 100, false);
+    await channel.prefetch(RAW_PREFETCH, false);
     // Acks coalesced per loop turn, as Beetle's: deliveries are handled in order and at once, so one
     // basic.ack(multiple) for the last one of a turn covers the turn (fewer frames for the broker too).
     let last: amqp.ConsumeMessage | undefined;
@@ -321,10 +313,7 @@ async function consume(spec: ConsumeSpec): Promise<void> {
   }
   const stop = await (spec.kind === 'raw' ? consumeRaw(spec, counters) : consumeBeetle(spec, counters));
   if (!spec.waitForGo) emit({ type: 'ready' });
-  const progress = setInterval(
-    () => emit({ type: 'progress', acked: counters.acked, handlerRuns: counters.handlerRuns }),
-    100,
-  );
+  const progress = setInterval(() => emit({ type: 'progress', acked: counters.acked }), 100);
   await stdin.next('report');
   clearInterval(progress);
   const report: ConsumeReport = {
@@ -336,7 +325,6 @@ async function consume(spec: ConsumeSpec): Promise<void> {
     requeues: counters.requeues,
     cpuUs: cpuTotal(counters.first?.cpu ?? process.cpuUsage()),
     peakRssMb: peakRssMb(),
-    rssMb: round(process.memoryUsage().rss / 1024 / 1024, 1),
     latencyP50: round(percentile(counters.latencies, 50), 1),
     latencyP99: round(percentile(counters.latencies, 99), 1),
     outcomes: Object.fromEntries(counters.outcomes),
